@@ -1,0 +1,37 @@
+# Two commands for a new user: `make demo` and `make test`.
+PYTHON ?= python3
+VENV := .venv
+BIN := $(VENV)/bin
+STAMP := $(VENV)/.installed
+
+.PHONY: venv test demo bench lint xsoar-package docs clean
+
+venv: $(STAMP)
+
+# Recreate the environment whenever pyproject.toml changes.
+$(STAMP): pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	$(BIN)/python -m pip install --quiet --upgrade pip
+	$(BIN)/python -m pip install --quiet -e '.[test]'
+	touch $(STAMP)
+
+lint: venv
+	$(BIN)/ruff check .
+
+test: venv lint
+	$(BIN)/python -m pytest --cov=MicrosoftDefenderForEndpoint --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+
+demo: venv
+	$(BIN)/python -m demo
+
+bench: venv
+	$(BIN)/python -m benchmarks
+
+xsoar-package: venv
+	$(BIN)/python -m xsoar_local.package --out dist
+
+docs: venv
+	$(BIN)/python -m xsoar_local.docs MicrosoftDefenderForEndpoint.yml > docs/commands.md
+
+clean:
+	rm -rf $(VENV) dist .pytest_cache .ruff_cache .coverage

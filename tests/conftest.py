@@ -1,0 +1,136 @@
+"""Shared fixtures: run the plugin's main() with `demisto` patched, as XSOAR integrations are tested."""
+
+from __future__ import annotations
+
+import base64
+import json
+import time
+from dataclasses import dataclass, field
+from typing import Any
+
+import demistomock
+import pytest
+
+import MicrosoftDefenderForEndpoint as mde
+
+TENANT = "11111111-2222-3333-4444-555555555555"
+CLIENT_ID = "aaaaaaaa-bbbb-cccc-dddd-eeeeeeeeeeee"
+CLIENT_SECRET = "s3cr3t-Value~0123456789abcdefghij"
+LOGIN = "https://login.microsoftonline.com"
+API = "https://api.securitycenter.microsoft.com/api"
+MSAL_ENV = ("IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET", "IMDS_ENDPOINT",
+            "AZURE_POD_IDENTITY_AUTHORITY_HOST", "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "HTTPS_PROXY", "https_proxy",
+            "HTTP_PROXY", "http_proxy", "MSAL_FORCE_REGION")
+
+
+def make_jwt(claims: dict | None = None) -> str:
+    """An unsigned JWT-shaped token with the given claims (the plugin only reads claims)."""
+    def part(obj: dict) -> str:
+        return base64.urlsafe_b64encode(json.dumps(obj).encode()).rstrip(b"=").decode()
+
+    body = {"aud": "https://securitycenter.onmicrosoft.com/windowsatpservice", "roles": ["Alert.Read.All"],
+            "exp": int(time.time()) + 3600, **(claims or {})}
+    return f"{part({'alg': 'RS256', 'typ': 'JWT'})}.{part(body)}.c2lnbmF0dXJl"
+
+
+def client_credentials_params(**extra: Any) -> dict:
+    return {"auth_flow": "Client Credentials", "endpoint_type": "Worldwide",
+            "_auth_id_encrypted": {"identifier": "", "password": CLIENT_ID},
+            "_tenant_id_encrypted": {"identifier": "", "password": TENANT},
+            "credentials": {"identifier": "", "password": CLIENT_SECRET}, **extra}
+
+
+@dataclass
+class Run:
+    results: list = field(default_factory=list)
+    logs: list = field(default_factory=list)
+    incidents: list = field(default_factory=list)
+
+    @property
+    def errors(self) -> list[str]:
+        return [r["Contents"] for r in self.results if isinstance(r, dict) and r.get("Type") == 4]
+
+    @property
+    def entry(self) -> Any:
+        assert not self.errors, self.errors
+        assert len(self.results) == 1, self.results
+        return self.results[0]
+
+    @property
+    def error(self) -> str:
+        assert len(self.errors) == 1, self.results
+        return self.errors[0]
+
+    @property
+    def context(self) -> dict:
+        return self.entry["EntryContext"]
+
+
+class Xsoar:
+    """Runs main() like the platform does: a fresh command each time, the integration context and last
+    run kept between runs (as separate processes would see them)."""
+
+    def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path):
+        self.monkeypatch = monkeypatch
+        self.context: dict = {}
+        self.last_run: dict = {}
+        self.params: dict = client_credentials_params()
+        self.sleeps: list[float] = []
+        self.tmp_path = tmp_path
+        monkeypatch.chdir(tmp_path)
+        monkeypatch.setattr(mde.time, "sleep", self.sleeps.append)
+        for name in MSAL_ENV:
+            monkeypatch.delenv(name, raising=False)
+
+    def run(self, command: str, args: dict | None = None, params: dict | None = None) -> Run:
+        run = Run()
+        mp = self.monkeypatch
+        mp.setattr(demistomock, "command", lambda: command)
+        mp.setattr(demistomock, "params", lambda: params if params is not None else self.params)
+        mp.setattr(demistomock, "args", lambda: dict(args or {}))
+        mp.setattr(demistomock, "results", lambda entry: run.results.append(entry))
+        mp.setattr(demistomock, "getIntegrationContext", lambda: json.loads(json.dumps(self.context)))
+        mp.setattr(demistomock, "setIntegrationContext", self._set_context)
+        mp.setattr(demistomock, "getLastRun", lambda: json.loads(json.dumps(self.last_run)))
+        mp.setattr(demistomock, "setLastRun", self._set_last_run)
+        mp.setattr(demistomock, "incidents", lambda incidents: run.incidents.extend(incidents))
+        mp.setattr(demistomock, "investigation", lambda: {"id": "inv1"})
+        mp.setattr(demistomock, "uniqueFile", lambda: "file1")
+        for level in ("debug", "info", "error"):
+            mp.setattr(demistomock, level, lambda msg, *a, _l=level: run.logs.append(f"{_l}: {msg}"))
+        mde.main()
+        return run
+
+    def _set_context(self, context: dict) -> None:
+        self.context = json.loads(json.dumps(context))
+
+    def _set_last_run(self, last_run: dict) -> None:
+        self.last_run = json.loads(json.dumps(last_run))
+
+
+@pytest.fixture
+def xsoar(monkeypatch, tmp_path) -> Xsoar:
+    return Xsoar(monkeypatch, tmp_path)
+
+
+def mock_entra(requests_mock, login: str = LOGIN, tenant: str = TENANT, token: str | None = None,
+               expires_in: int = 3599, **token_response: Any):
+    """The Entra endpoints msal calls: OpenID discovery, then the token endpoint (returned)."""
+    base = f"{login}/{tenant}"
+    requests_mock.get(f"{base}/v2.0/.well-known/openid-configuration", json={
+        "authorization_endpoint": f"{base}/oauth2/v2.0/authorize", "token_endpoint": f"{base}/oauth2/v2.0/token",
+        "issuer": f"{login}/{tenant}/v2.0", "tenant_region_scope": "WW"})
+    body = {"token_type": "Bearer", "expires_in": expires_in, "access_token": token or make_jwt(), **token_response}
+    return requests_mock.post(f"{base}/oauth2/v2.0/token", json=body)
+
+
+def form(request) -> dict[str, str]:
+    """The form fields of a token request, parsed (never compared as raw strings)."""
+    from urllib.parse import parse_qsl
+
+    return dict(parse_qsl(request.text))
+
+
+@pytest.fixture
+def entra(requests_mock):
+    return mock_entra(requests_mock)
