@@ -860,6 +860,10 @@ class Client:
         params = {"$filter": odata_filter} if odata_filter else {}
         return list(self.paginate("machines", params, limit=limit, offset=offset))
 
+    # ---- machines and machine actions (endpoints) ----
+
+    # ---- alerts and investigations (endpoints) ----
+
 
 def _quote_odata(value: str, safe: str = "", encoding: str | None = None, errors: str | None = None) -> str:
     return quote(value, safe="$'(),:/", encoding=encoding, errors=errors)
@@ -1076,7 +1080,10 @@ class ODataFilter:
 
 # Output mapping is data: per entity, Microsoft's camelCase field -> the context key playbooks read.
 # A value of (key, entity) maps a nested object or list of objects with that entity's table.
-ENTITY_FIELDS: dict[str, dict[str, Any]] = {}
+ENTITY_FIELDS: dict[str, dict[str, Any]] = {
+    # ---- machines and machine actions (entities) ----
+    # ---- alerts and investigations (entities) ----
+}
 
 
 def to_context(record: dict | None, entity: str) -> dict:
@@ -1236,6 +1243,15 @@ def list_auth_permissions_command(client: Client, args: dict) -> CommandResult:
     return CommandResult(readable=readable, raw={"roles": sorted(granted), "missing": rows})
 
 
+# ---- machines and machine actions (commands) ----------------------------------------------------
+
+
+# ---- alerts and investigations (commands) ----------------------------------------------------------
+
+
+# ---- fetch incidents ---------------------------------------------------------------------------------
+
+
 # ============================================================================================
 # 7. COMMANDS table
 # ============================================================================================
@@ -1256,6 +1272,8 @@ COMMANDS: dict[str, Command] = {
     "microsoft-atp-generate-login-url": Command(generate_login_url_command),
     "microsoft-atp-auth-reset": Command(auth_reset_command),
     "microsoft-atp-list-auth-permissions": Command(list_auth_permissions_command),
+    # ---- machines and machine actions (table) ----
+    # ---- alerts and investigations (table) ----
 }
 
 
