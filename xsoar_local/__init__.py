@@ -1,0 +1,1 @@
+"""Run an XSOAR-style integration (yml + py) outside XSOAR: runtime behind demistomock, state store and CLI."""

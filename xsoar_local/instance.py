@@ -1,0 +1,148 @@
+"""Instance file: the parameters of an XSOAR instance, in YAML or JSON.
+
+    name: my-tenant                  # optional; names the state directory (default: the file's stem)
+    env:                             # optional; environment variables set for the run
+      REQUESTS_CA_BUNDLE: /path/ca.pem
+    params:                          # what demisto.params() returns
+      credentials_id: {password: "<app id>"}
+      secret: {password: "${MDE_CLIENT_SECRET}"}
+
+`${VAR}` anywhere in a string value is replaced from the environment (after `env:` is applied), so
+secrets can stay out of the file.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import re
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import yaml
+
+from xsoar_local.yml import BOOLEAN_PARAM, Integration
+
+ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
+KNOWN_KEYS = {"name", "params", "env"}
+
+
+class InstanceError(Exception):
+    """The instance file cannot be used; the message names the file and what is wrong."""
+
+
+@dataclass
+class Instance:
+    path: Path
+    name: str
+    params: dict
+    env: dict[str, str] = field(default_factory=dict)
+    warnings: list[str] = field(default_factory=list)
+
+
+def load_instance(path: str | Path, integration: Integration | None = None, environ: dict | None = None) -> Instance:
+    path = Path(path)
+    data = _parse(path)
+    environ = dict(os.environ if environ is None else environ)
+    warnings = [f"warning: {path}: unknown top-level key '{k}' (expected name, params, env)"
+                for k in data if k not in KNOWN_KEYS]
+    env: dict[str, str] = {}
+    for key, value in _mapping(data, "env", path).items():  # in order: later entries may use earlier ones
+        env[str(key)] = str(_expand(value, {**environ, **env}, path, f"env.{key}"))
+    params = _expand(_mapping(data, "params", path), {**environ, **env}, path, "params")
+    if integration is not None:
+        warnings += _check_params(params, integration, path)
+        params = _with_defaults(params, integration)
+    return Instance(path=path, name=str(data.get("name") or path.stem), params=params, env=env, warnings=warnings)
+
+
+def _parse(path: Path) -> dict:
+    try:
+        text = path.read_text(encoding="utf-8")
+    except OSError as e:
+        raise InstanceError(f"{path}: cannot read instance file: {e.strerror}") from e
+    if path.suffix.lower() == ".json" or (path.suffix.lower() not in (".yml", ".yaml") and text.lstrip()[:1] == "{"):
+        data = _parse_json(path, text)
+    else:
+        data = _parse_yaml(path, text)
+    if not isinstance(data, dict):
+        raise InstanceError(f"{path}: an instance file is a mapping with a 'params:' key")
+    return data
+
+
+def _parse_json(path: Path, text: str) -> object:
+    try:
+        return json.loads(text)
+    except json.JSONDecodeError as e:
+        raise InstanceError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from e
+
+
+def _parse_yaml(path: Path, text: str) -> object:
+    try:
+        return yaml.safe_load(text)
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        where = f"{mark.line + 1}:{mark.column + 1}:" if mark else ""
+        raise InstanceError(f"{path}:{where} malformed YAML: {problem}") from e
+
+
+def _mapping(data: dict, key: str, path: Path) -> dict:
+    value = data.get(key)
+    if value is None:
+        if key == "params":
+            raise InstanceError(f"{path}: no 'params:' mapping (the instance's parameters go there)")
+        return {}
+    if not isinstance(value, dict):
+        raise InstanceError(f"{path}: '{key}:' must be a mapping of names to values")
+    return value
+
+
+def _expand(value: object, environ: dict, path: Path, where: str) -> object:
+    if isinstance(value, dict):
+        return {k: _expand(v, environ, path, f"{where}.{k}") for k, v in value.items()}
+    if isinstance(value, list):
+        return [_expand(v, environ, path, f"{where}[{i}]") for i, v in enumerate(value)]
+    if not isinstance(value, str):
+        return value
+
+    def substitute(match: re.Match) -> str:
+        name = match.group(1)
+        if name not in environ:
+            raise InstanceError(f"{path}: environment variable {name} is not set (used in {where})")
+        return environ[name]
+
+    return ENV_REFERENCE.sub(substitute, value)
+
+
+def _check_params(params: dict, integration: Integration, path: Path) -> list[str]:
+    known = {p.name for p in integration.params}
+    warnings = [f"warning: {path}: unknown parameter '{name}' (not in {integration.yml_path.name}'s configuration)"
+                for name in params if name not in known]
+    warnings += [f"warning: {path}: required parameter '{p.name}' ({p.display or p.name}) is not set"
+                 for p in integration.params if p.required and not p.hidden and p.name not in params]
+    return warnings
+
+
+def _with_defaults(params: dict, integration: Integration) -> dict:
+    result = dict(params)
+    for p in integration.params:
+        if p.name not in result and p.default_value is not None:
+            result[p.name] = _as_platform_value(p.default_value, p.type)
+        if p.type == BOOLEAN_PARAM and p.name in result:
+            result[p.name] = _to_bool(result[p.name])
+    return result
+
+
+def _as_platform_value(default: object, param_type: int) -> object:
+    # yml `defaultvalue: 50` parses as an int, but XSOAR hands text params to the plugin as strings.
+    if param_type != BOOLEAN_PARAM and isinstance(default, int | float):
+        return str(default)
+    return default
+
+
+def _to_bool(value: object) -> object:
+    # XSOAR hands checkbox (type 8) params to the plugin as Python bools.
+    if isinstance(value, str) and value.strip().lower() in ("true", "false"):
+        return value.strip().lower() == "true"
+    return value

@@ -1,0 +1,101 @@
+"""The runtime behind `demistomock`: what one command run sees of the platform.
+
+`demistomock`'s functions call `current()` at call time, so the CLI swaps in a runtime per run with
+`use(runtime)` and tests can patch either the runtime or the demistomock functions themselves.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import copy
+import sys
+import tempfile
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+
+from xsoar_local.state import MemoryStore, Store
+
+LOCAL_INVESTIGATION_ID = "local"
+
+
+class Runtime:
+    def __init__(
+        self,
+        *,
+        params: dict | None = None,
+        args: dict | None = None,
+        command: str = "",
+        store: Store | None = None,
+        workdir: str | Path | None = None,
+        verbose: bool = False,
+    ) -> None:
+        self._params = params or {}
+        self._args = args or {}
+        self._command = command
+        self.store = store or MemoryStore()
+        self._workdir = Path(workdir) if workdir else None
+        self.verbose = verbose
+        self.entries: list = []  # everything passed to results(), flattened
+        self.incidents: list | None = None  # set by incidents(); None when the plugin never called it
+
+    # -- what the plugin reads
+    def params(self) -> dict:
+        return copy.deepcopy(self._params)
+
+    def args(self) -> dict:
+        return dict(self._args)
+
+    def command(self) -> str:
+        return self._command
+
+    def investigation(self) -> dict:
+        return {"id": LOCAL_INVESTIGATION_ID}
+
+    def unique_file(self) -> str:
+        return uuid.uuid4().hex
+
+    @property
+    def workdir(self) -> Path:
+        """Where the plugin's relative file paths land (the CLI runs the plugin with this as cwd)."""
+        if self._workdir is None:
+            self._workdir = Path(tempfile.mkdtemp(prefix="xsoar-local-"))
+        return self._workdir
+
+    # -- what the plugin hands back
+    def results(self, entry: object) -> None:
+        if isinstance(entry, list):
+            self.entries.extend(entry)
+        else:
+            self.entries.append(entry)
+
+    def set_incidents(self, incidents: list | None) -> None:
+        self.incidents = list(incidents or [])
+
+    # -- logging: stderr only, so stdout stays the command's output
+    def log(self, level: str, message: object) -> None:
+        if level == "error" or self.verbose:
+            print(f"[{level}] {message}", file=sys.stderr)
+
+
+_current = Runtime()
+
+
+def current() -> Runtime:
+    return _current
+
+
+def set_current(runtime: Runtime) -> Runtime:
+    """Install `runtime` behind demistomock; returns the previous one."""
+    global _current
+    previous, _current = _current, runtime
+    return previous
+
+
+@contextlib.contextmanager
+def use(runtime: Runtime) -> Iterator[Runtime]:
+    previous = set_current(runtime)
+    try:
+        yield runtime
+    finally:
+        set_current(previous)
