@@ -22,10 +22,10 @@ test: venv lint
 	$(BIN)/python -m pytest --cov=MicrosoftDefenderForEndpoint --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
 
 demo: venv
-	$(BIN)/python -m demo
+	$(BIN)/python -m lab.demo
 
 bench: venv
-	$(BIN)/python -m benchmarks
+	$(BIN)/python -m lab.bench
 
 xsoar-package: venv
 	$(BIN)/python -m xsoar_local.package --out dist

@@ -8,9 +8,9 @@ import time
 from dataclasses import dataclass, field
 from typing import Any
 
-import demistomock
 import pytest
 
+import demistomock
 import MicrosoftDefenderForEndpoint as mde
 
 TENANT = "11111111-2222-3333-4444-555555555555"
@@ -134,3 +134,62 @@ def form(request) -> dict[str, str]:
 @pytest.fixture
 def entra(requests_mock):
     return mock_entra(requests_mock)
+
+
+# ---- which context paths the tests produce ------------------------------------------------------
+# Every output path the yml declares must be produced by at least one test run through main();
+# checked at the end of a full run (see pytest_sessionfinish).
+
+PRODUCED_PATHS: set[str] = set()
+
+
+def context_paths(value: Any, prefix: str = "") -> set[str]:
+    paths = {prefix} if prefix else set()
+    if isinstance(value, dict):
+        for key, item in value.items():
+            key = key.split("(", 1)[0].strip()
+            paths |= context_paths(item, f"{prefix}.{key}" if prefix else key)
+    elif isinstance(value, list):
+        for item in value:
+            paths |= context_paths(item, prefix)
+    return paths
+
+
+_original_run = Xsoar.run
+
+
+def _recording_run(self: Xsoar, *args: Any, **kwargs: Any) -> Run:
+    run = _original_run(self, *args, **kwargs)
+    for entry in run.results:
+        if isinstance(entry, dict) and entry.get("EntryContext"):
+            PRODUCED_PATHS.update(context_paths(entry["EntryContext"]))
+    return run
+
+
+Xsoar.run = _recording_run  # type: ignore[method-assign]
+
+
+def declared_output_paths() -> dict[str, set[str]]:
+    import pathlib
+
+    import yaml
+
+    doc = yaml.safe_load((pathlib.Path(__file__).parent.parent / "MicrosoftDefenderForEndpoint.yml").read_text())
+    return {c["name"]: {o["contextPath"] for o in c.get("outputs") or []} for c in doc["script"]["commands"]}
+
+
+def pytest_sessionfinish(session, exitstatus):
+    # Only meaningful when every unit test ran (a plain `pytest` or `make test`).
+    if session.config.option.keyword or session.config.option.markexpr or exitstatus != 0:
+        return
+    collected = {item.path.name for item in session.items}
+    if "test_contract.py" not in collected or len(collected) < 5:
+        return
+    missing = sorted({f"{name}: {path}" for name, paths in declared_output_paths().items()
+                      for path in paths - PRODUCED_PATHS})
+    if missing:
+        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
+        reporter.write_line(f"{len(missing)} declared output paths are produced by no test:", red=True)
+        for line in missing:
+            reporter.write_line(f"  {line}")
+        session.exitstatus = 1

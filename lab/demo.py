@@ -1,0 +1,99 @@
+"""`make demo`: a short tour of the integration through the `mde` CLI against the emulator.
+
+Starts the emulator, writes an instance file per authentication flow, runs the commands a SOAR
+engineer runs first, then stops the emulator. Exits non-zero if any step fails.
+"""
+
+from __future__ import annotations
+
+import json
+import shutil
+import sys
+import textwrap
+from pathlib import Path
+from urllib.parse import parse_qs, urlparse
+
+import requests
+
+from lab.emulator import Emulator
+from lab.instances import cli_env, set_auth_code, write_instances
+from lab.runner import REPO, Mde
+
+DEMO_DIR = REPO / ".demo"
+MAX_LINES = 25
+
+
+class Tour:
+    def __init__(self, mde: Mde, instances: dict[str, Path]):
+        self.mde, self.instances = mde, instances
+
+    def step(self, title: str) -> None:
+        print(f"\n\033[1m== {title}\033[0m")
+
+    def run(self, instance: str | None, command: str, *args: str, options: tuple[str, ...] = (),
+            expect_failure: bool = False) -> str:
+        path = self.instances[instance] if instance else None
+        result = self.mde.run(path, command, *args, options=options)
+        shown = result.shown.replace(str(REPO) + "/", "")
+        print(f"$ {shown}")
+        output = (result.stdout + result.stderr).rstrip()
+        lines = output.splitlines()
+        print(textwrap.indent("\n".join(lines[:MAX_LINES]), "  "))
+        if len(lines) > MAX_LINES:
+            print(f"  ... ({len(lines) - MAX_LINES} more lines)")
+        failed = result.returncode != 0
+        if failed != expect_failure:
+            raise SystemExit(f"demo step failed: {shown} exited {result.returncode}")
+        return result.stdout
+
+
+def sign_in(login_url: str, ca_bundle: str) -> str:
+    """What the user does in a browser: open the login URL and copy the code from the redirect."""
+    response = requests.get(login_url, allow_redirects=False, verify=ca_bundle, timeout=30)
+    location = response.headers["Location"]
+    return parse_qs(urlparse(location).query)["code"][0]
+
+
+def tour(emulator: Emulator, workdir: Path) -> None:
+    ready = emulator.ready
+    instances = write_instances(ready, workdir / "instances")
+    mde = Mde(state_dir=workdir / "state", env=cli_env(ready), output_dir=workdir / "files")
+    t = Tour(mde, instances)
+    print(f"Emulator of Entra ID, the XSOAR app service, IMDS and the Defender API at {ready['base_url']}")
+    print(f"Instance files: {instances['client-credentials'].parent.relative_to(REPO)}/")
+
+    t.step("Test each authentication flow")
+    for name in ("client-credentials", "certificate", "xsoar-app", "managed-identity"):
+        t.run(name, "test-module")
+    t.step("Authorization Code: the Test button explains the steps, then sign in once")
+    t.run("authorization-code", "test-module", expect_failure=True)
+    raw = t.run("authorization-code", "microsoft-atp-generate-login-url", options=("--raw",))
+    code = sign_in(json.loads(raw)["login_url"], ready["ca_bundle"])
+    print(f"  (signed in as {ready['clients']['authcode']['username']}; pasting the code into the instance)")
+    set_auth_code(instances["authorization-code"], code)
+    t.run("authorization-code", "microsoft-atp-test")
+
+    t.step("Which permissions does an app have, and what does a missing one block?")
+    t.run("limited", "microsoft-atp-list-auth-permissions")
+
+    t.step("List machines")
+    t.run("client-credentials", "microsoft-atp-get-machines", "page_size=5")
+    for highlight in HIGHLIGHTS:
+        highlight(t, mde, ready)
+
+
+HIGHLIGHTS: list = []  # later tour steps: (tour, mde, ready) -> None
+
+
+def main() -> int:
+    shutil.rmtree(DEMO_DIR, ignore_errors=True)
+    DEMO_DIR.mkdir()
+    with Emulator(machines=2000, alerts=200, workdir=DEMO_DIR / "emulator",
+                  extra_args=["--action-delay", "4"]) as emulator:
+        tour(emulator, DEMO_DIR)
+    print("\nDemo finished: every step above ran through the mde CLI against the emulator.")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,94 @@
+"""Start and stop the emulator as a subprocess and talk to its admin endpoints."""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+from typing import Any
+
+import requests
+
+READY_TIMEOUT = 60.0
+
+
+class Emulator:
+    """`with Emulator(machines=2000) as emu:` starts `python -m mde_emulator` on a free port and waits
+    until it has written its ready file (base URLs, CA bundle, generated test credentials)."""
+
+    def __init__(self, *, seed: int = 1, machines: int = 200, alerts: int = 100, workdir: Path | None = None,
+                 extra_args: list[str] | None = None):
+        self.workdir = Path(workdir or tempfile.mkdtemp(prefix="mde-emulator-"))
+        self.args = ["--port", "0", "--seed", str(seed), "--machines", str(machines), "--alerts", str(alerts),
+                     "--ready-file", str(self.ready_file), "--state-dir", str(self.workdir / "state"),
+                     *(extra_args or [])]
+        self.process: subprocess.Popen | None = None
+        self.ready: dict[str, Any] = {}
+
+    @property
+    def ready_file(self) -> Path:
+        return self.workdir / "ready.json"
+
+    def start(self) -> Emulator:
+        self.workdir.mkdir(parents=True, exist_ok=True)
+        self.ready_file.unlink(missing_ok=True)
+        log = open(self.workdir / "emulator.log", "wb")  # noqa: SIM115 - closed with the process
+        self.process = subprocess.Popen([sys.executable, "-m", "mde_emulator", *self.args], stdout=log,
+                                        stderr=subprocess.STDOUT, env=clean_env())
+        deadline = time.monotonic() + READY_TIMEOUT
+        while not self.ready_file.exists():
+            if self.process.poll() is not None:
+                raise RuntimeError(f"the emulator exited with {self.process.returncode}; see {log.name}")
+            if time.monotonic() > deadline:
+                self.stop()
+                raise RuntimeError(f"the emulator did not start within {READY_TIMEOUT:.0f}s; see {log.name}")
+            time.sleep(0.05)
+        self.ready = json.loads(self.ready_file.read_text())
+        return self
+
+    def stop(self) -> None:
+        if self.process and self.process.poll() is None:
+            self.process.send_signal(signal.SIGTERM)
+            try:
+                self.process.wait(timeout=10)
+            except subprocess.TimeoutExpired:
+                self.process.kill()
+                self.process.wait()
+
+    def __enter__(self) -> Emulator:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()
+
+    # ---- admin API -----------------------------------------------------------------------
+
+    def admin(self, method: str, path: str, body: Any = None) -> Any:
+        response = requests.request(method, f"{self.ready['admin_url']}/{path.lstrip('/')}", json=body,
+                                    verify=self.ready["ca_bundle"], timeout=30)
+        response.raise_for_status()
+        return response.json() if response.content else None
+
+    def counters(self) -> dict:
+        return self.admin("GET", "counters")
+
+    def reset_counters(self) -> None:
+        self.admin("POST", "counters/reset")
+
+    def set_faults(self, **faults: Any) -> dict:
+        return self.admin("POST", "faults", faults)
+
+
+def clean_env(**extra: str) -> dict[str, str]:
+    """This process's environment without the variables that would redirect msal or requests."""
+    env = {k: v for k, v in os.environ.items() if k not in (
+        "REQUESTS_CA_BUNDLE", "CURL_CA_BUNDLE", "IDENTITY_ENDPOINT", "IDENTITY_HEADER", "MSI_ENDPOINT", "MSI_SECRET",
+        "IMDS_ENDPOINT", "AZURE_POD_IDENTITY_AUTHORITY_HOST", "HTTPS_PROXY", "https_proxy", "HTTP_PROXY",
+        "http_proxy", "MSAL_FORCE_REGION")}
+    env.update(extra)
+    return env

@@ -1,0 +1,43 @@
+"""Run the `mde` CLI as a user would, as a subprocess."""
+
+from __future__ import annotations
+
+import shlex
+import subprocess
+import sys
+from dataclasses import dataclass
+from pathlib import Path
+
+from lab.emulator import clean_env
+
+REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Mde:
+    """`mde` bound to one state directory and the environment the instance files need."""
+
+    state_dir: Path
+    env: dict[str, str]
+    output_dir: Path | None = None
+    timeout: float = 600
+
+    def command_line(self, instance: Path | None, command: str, *args: str, options: tuple[str, ...] = ()) -> list[str]:
+        line = ["mde"]
+        if instance:
+            line += ["--instance", str(instance)]
+        return [*line, *options, command, *args]
+
+    def run(self, instance: Path | None, command: str, *args: str, options: tuple[str, ...] = (),
+            check: bool = False) -> subprocess.CompletedProcess:
+        shown = self.command_line(instance, command, *args, options=options)
+        argv = [sys.executable, "-m", "xsoar_local.cli", "--state-dir", str(self.state_dir)]
+        if self.output_dir:
+            argv += ["--output-dir", str(self.output_dir)]
+        argv += shown[1:]
+        result = subprocess.run(argv, cwd=REPO, env=clean_env(**self.env), capture_output=True, text=True,
+                                timeout=self.timeout)
+        result.shown = shlex.join(shown)  # type: ignore[attr-defined]
+        if check and result.returncode != 0:
+            raise RuntimeError(f"{result.shown} failed ({result.returncode}):\n{result.stderr}")
+        return result

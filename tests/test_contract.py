@@ -1,0 +1,95 @@
+"""The yml is a valid XSOAR integration, a drop-in replacement for the contract, and matches the code."""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import pytest
+import yaml
+from pykwalify.core import Core
+
+import MicrosoftDefenderForEndpoint as mde
+
+ROOT = Path(__file__).resolve().parent.parent
+YML = yaml.safe_load((ROOT / "MicrosoftDefenderForEndpoint.yml").read_text())
+SHARED_CONTRACT = ROOT.parent / "shared" / "contract" / "commands.json"
+CONTRACT = json.loads((SHARED_CONTRACT if SHARED_CONTRACT.exists() else ROOT / "test_data" /
+                       "contract_commands.json").read_text())
+# The areas of the contract this integration implements so far.
+IMPLEMENTED_AREAS = {"auth_test", "machines", "machine_actions", "alerts", "investigations"}
+YML_COMMANDS = {c["name"]: c for c in YML["script"]["commands"]}
+PLATFORM_COMMANDS = {"test-module", "fetch-incidents"}
+
+
+def test_yml_validates_against_the_xsoar_integration_schema():
+    schema = yaml.safe_load((ROOT / "tests" / "schemas" / "integration.yml").read_text())
+    logging.getLogger("pykwalify").setLevel(logging.CRITICAL)
+    Core(source_data=YML, schema_data=schema).validate(raise_exception=True)
+
+
+def test_brand_and_context_prefix_match_the_contract():
+    assert YML["commonfields"]["id"] == YML["name"] == CONTRACT["brand"]
+    paths = {o["contextPath"] for c in YML_COMMANDS.values() for o in c.get("outputs") or []}
+    assert all(p.split(".")[0] in (CONTRACT["context_prefix"], "Endpoint", "File", "IP", "Domain", "DBotScore")
+               for p in paths)
+
+
+def contract_gaps(command: dict) -> list[str]:
+    have = YML_COMMANDS.get(command["name"])
+    if have is None:
+        return ["missing command"]
+    gaps = []
+    have_args = {a["name"]: a for a in have.get("arguments") or []}
+    for arg in command["arguments"]:
+        got = have_args.get(arg["name"])
+        if got is None:
+            gaps.append(f"missing argument {arg['name']}")
+        elif set(arg.get("predefined") or []) - set(got.get("predefined") or []):
+            gaps.append(f"argument {arg['name']} lacks options")
+        elif arg.get("required") and not got.get("required"):
+            gaps.append(f"argument {arg['name']} should be required")
+    outputs = {o["contextPath"] for o in have.get("outputs") or []}
+    gaps += [f"missing output {p}" for p in command["outputs"] if p not in outputs]
+    if command.get("deprecated") and not have.get("deprecated"):
+        gaps.append("should be marked deprecated")
+    return gaps
+
+
+@pytest.mark.parametrize("command", [c for c in CONTRACT["commands"] if c["area"] in IMPLEMENTED_AREAS],
+                         ids=lambda c: c["name"])
+def test_contract_command_is_in_the_yml(command):
+    assert contract_gaps(command) == []
+
+
+def test_legacy_parameters_are_kept_hidden_or_visible_as_before():
+    configured = {p["name"]: p for p in YML["configuration"]}
+    for legacy in CONTRACT["legacy_configuration"]:
+        assert legacy["name"] in configured, legacy["name"]
+        if legacy.get("hidden"):
+            assert configured[legacy["name"]].get("hidden"), legacy["name"]
+    for name in CONTRACT["fetch_params"]:
+        assert name in configured
+
+
+def test_authentication_flow_parameter_offers_exactly_the_four_flows():
+    flow = next(p for p in YML["configuration"] if p["name"] == "auth_flow")
+    assert flow["options"] == list(mde.AUTH_FLOWS)
+    endpoint = next(p for p in YML["configuration"] if p["name"] == "endpoint_type")
+    assert endpoint["options"] == list(mde.ENDPOINT_TYPES)
+
+
+def test_every_yml_command_has_a_function_and_every_function_a_yml_command():
+    assert set(YML_COMMANDS) == set(mde.COMMANDS) - PLATFORM_COMMANDS
+
+
+def test_fetch_incidents_is_wired_when_the_yml_says_isfetch():
+    assert YML["script"].get("isfetch") is ("fetch-incidents" in mde.COMMANDS)
+
+
+def test_every_command_that_calls_the_api_declares_its_permissions():
+    local_only = {"microsoft-atp-generate-login-url", "microsoft-atp-auth-reset",
+                  "microsoft-atp-list-auth-permissions"}
+    for name, spec in mde.COMMANDS.items():
+        assert bool(spec.roles) != (name in local_only), name
