@@ -193,3 +193,22 @@ def pytest_sessionfinish(session, exitstatus):
         for line in missing:
             reporter.write_line(f"  {line}")
         session.exitstatus = 1
+
+
+# ---- end-to-end: one emulator per test session ------------------------------------------------------
+
+
+@pytest.fixture(scope="session")
+def lab(tmp_path_factory):
+    from e2e import Lab
+
+    from lab.emulator import Emulator
+    from lab.instances import cli_env, write_instances
+    from lab.runner import Mde
+
+    workdir = tmp_path_factory.mktemp("lab")
+    with Emulator(machines=12_000, alerts=300, workdir=workdir / "emulator",
+                  extra_args=["--action-delay", "2"]) as emulator:
+        instances = write_instances(emulator.ready, workdir / "instances")
+        yield Lab(emulator, instances, Mde(state_dir=workdir / "state", env=cli_env(emulator.ready),
+                                          output_dir=workdir / "files", timeout=300))
