@@ -421,11 +421,11 @@ def test_auth_reset_clears_token_state_only(xsoar, requests_mock):
 
 def test_list_auth_permissions_shows_roles_and_blocked_commands(xsoar, requests_mock, monkeypatch):
     mock_entra(requests_mock, token=make_jwt({"roles": ["Alert.Read.All", "Machine.Read.All"]}))
-    monkeypatch.setitem(mde.COMMANDS, "fake-isolate", mde.Command(lambda c, a: None, ("Machine.Isolate",)))
+    monkeypatch.setitem(mde.COMMANDS, "fake-isolate", mde.Command(lambda c, a: None, ("Fake.Permission",)))
     run = xsoar.run("microsoft-atp-list-auth-permissions")
     readable = run.entry["HumanReadable"]
     assert "|Alert.Read.All|" in readable and "|Machine.Read.All|" in readable
-    assert "|Machine.Isolate|fake-isolate|" in readable
+    assert "|Fake.Permission|fake-isolate|" in readable
     assert run.entry["Contents"]["roles"] == ["Alert.Read.All", "Machine.Read.All"]
 
 
