@@ -71,11 +71,11 @@ _US_GOV_SCOPE = "https://securitycenter.onmicrosoft.us/windowsatpservice/.defaul
 CLOUDS: dict[str, Cloud] = {
     "Worldwide": Cloud(_COMMERCIAL_LOGIN, "https://api.securitycenter.microsoft.com", _COMMERCIAL_SCOPE,
                        "https://api.securitycenter.microsoft.com"),
-    "US Geo Proximity": Cloud(_COMMERCIAL_LOGIN, "https://api-us.securitycenter.microsoft.com", _COMMERCIAL_SCOPE,
-                              "https://api.securitycenter.microsoft.com"),
     "EU Geo Proximity": Cloud(_COMMERCIAL_LOGIN, "https://api-eu.securitycenter.microsoft.com", _COMMERCIAL_SCOPE,
                               "https://api.securitycenter.microsoft.com"),
     "UK Geo Proximity": Cloud(_COMMERCIAL_LOGIN, "https://api-uk.securitycenter.microsoft.com", _COMMERCIAL_SCOPE,
+                              "https://api.securitycenter.microsoft.com"),
+    "US Geo Proximity": Cloud(_COMMERCIAL_LOGIN, "https://api-us.securitycenter.microsoft.com", _COMMERCIAL_SCOPE,
                               "https://api.securitycenter.microsoft.com"),
     "US GCC": Cloud(_COMMERCIAL_LOGIN, "https://api-gcc.securitycenter.microsoft.us", _COMMERCIAL_SCOPE,
                     "https://api-gcc.securitycenter.microsoft.us"),
@@ -849,11 +849,14 @@ class Client:
     # ---- endpoints ---------------------------------------------------------------------------
 
     def list_alerts(self, *, odata_filter: str | None = None, limit: int | None = None, offset: int = 0,
-                    expand_evidence: bool = False) -> list[dict]:
+                    expand_evidence: bool = False, order_by: str | None = None,
+                    page_size: int = MAX_PAGE_SIZE) -> list[dict]:
         params = {"$filter": odata_filter} if odata_filter else {}
         if expand_evidence:
             params["$expand"] = "evidence"
-        return list(self.paginate("alerts", params, limit=limit, offset=offset))
+        if order_by:
+            params["$orderby"] = order_by
+        return list(self.paginate("alerts", params, limit=limit, offset=offset, page_size=page_size))
 
     def list_machines(self, *, odata_filter: str | None = None, limit: int | None = None,
                       offset: int = 0) -> list[dict]:
@@ -862,7 +865,113 @@ class Client:
 
     # ---- machines and machine actions (endpoints) ----
 
+    def get_machine(self, machine_id: str) -> dict:
+        return self.request("GET", f"machines/{machine_id}")
+
+    def find_machines_by_ip(self, ip: str, timestamp: datetime) -> list[dict]:
+        body = self.request("GET", f"machines/findbyip(ip='{ip}',timestamp={format_datetime(timestamp)})")
+        return (body or {}).get("value") or []
+
+    def list_machine_logon_users(self, machine_id: str) -> list[dict]:
+        return (self.request("GET", f"machines/{machine_id}/logonusers") or {}).get("value") or []
+
+    def tag_machine(self, machine_id: str, tag: str, action: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/tags", json_body={"Value": tag, "Action": action})
+
+    def list_file_machines(self, sha1: str) -> list[dict]:
+        return (self.request("GET", f"files/{sha1}/machines") or {}).get("value") or []
+
+    def list_domain_machines(self, domain: str) -> list[dict]:
+        return (self.request("GET", f"domains/{quote(domain, safe='')}/machines") or {}).get("value") or []
+
+    def list_user_machines(self, username: str) -> list[dict]:
+        return (self.request("GET", f"users/{quote(username, safe='')}/machines") or {}).get("value") or []
+
+    def isolate_machine(self, machine_id: str, comment: str, isolation_type: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/isolate",
+                            json_body={"Comment": comment, "IsolationType": isolation_type})
+
+    def unisolate_machine(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/unisolate", json_body={"Comment": comment})
+
+    def run_antivirus_scan(self, machine_id: str, comment: str, scan_type: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/runAntiVirusScan",
+                            json_body={"Comment": comment, "ScanType": scan_type})
+
+    def restrict_code_execution(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/restrictCodeExecution", json_body={"Comment": comment})
+
+    def unrestrict_code_execution(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/unrestrictCodeExecution", json_body={"Comment": comment})
+
+    def stop_and_quarantine_file(self, machine_id: str, comment: str, sha1: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/StopAndQuarantineFile",
+                            json_body={"Comment": comment, "Sha1": sha1})
+
+    def collect_investigation_package(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/collectInvestigationPackage",
+                            json_body={"Comment": comment})
+
+    def offboard_machine(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/offboard", json_body={"Comment": comment})
+
+    def list_machine_actions(self, *, odata_filter: str | None = None, limit: int | None = None) -> list[dict]:
+        params = {"$filter": odata_filter} if odata_filter else {}
+        return list(self.paginate("machineactions", params, limit=limit))
+
+    def cancel_machine_action(self, action_id: str, comment: str) -> dict:
+        return self.request("POST", f"machineactions/{action_id}/cancel", json_body={"Comment": comment})
+
+    def get_investigation_package_uri(self, action_id: str) -> dict:
+        return self.request("GET", f"machineactions/{action_id}/getPackageUri") or {}
+
     # ---- alerts and investigations (endpoints) ----
+
+    def get_alert(self, alert_id: str, *, expand_evidence: bool = False) -> dict:
+        params = {"$expand": "evidence"} if expand_evidence else None
+        return self.request("GET", f"alerts/{quote(alert_id, safe='')}", params=params) or {}
+
+    def update_alert(self, alert_id: str, changes: dict) -> dict:
+        return self.request("PATCH", f"alerts/{quote(alert_id, safe='')}", json_body=changes) or {}
+
+    def create_alert_by_reference(self, alert: dict) -> dict:
+        return self.request("POST", "alerts/CreateAlertByReference", json_body=alert) or {}
+
+    def get_alert_user(self, alert_id: str) -> dict:
+        return self.request("GET", f"alerts/{quote(alert_id, safe='')}/user") or {}
+
+    def list_alert_files(self, alert_id: str) -> list[dict]:
+        return (self.request("GET", f"alerts/{quote(alert_id, safe='')}/files") or {}).get("value") or []
+
+    def list_alert_ips(self, alert_id: str) -> list[dict]:
+        return (self.request("GET", f"alerts/{quote(alert_id, safe='')}/ips") or {}).get("value") or []
+
+    def list_alert_domains(self, alert_id: str) -> list[dict]:
+        return (self.request("GET", f"alerts/{quote(alert_id, safe='')}/domains") or {}).get("value") or []
+
+    def list_file_alerts(self, sha1: str) -> list[dict]:
+        return (self.request("GET", f"files/{sha1}/alerts") or {}).get("value") or []
+
+    def list_ip_alerts(self, ip: str) -> list[dict]:
+        return (self.request("GET", f"ips/{quote(ip, safe='')}/alerts") or {}).get("value") or []
+
+    def list_domain_alerts(self, domain: str) -> list[dict]:
+        return (self.request("GET", f"domains/{quote(domain, safe='')}/alerts") or {}).get("value") or []
+
+    def list_user_alerts(self, username: str) -> list[dict]:
+        return (self.request("GET", f"users/{quote(username, safe='')}/alerts") or {}).get("value") or []
+
+    def list_machine_alerts(self, machine_id: str) -> list[dict]:
+        return (self.request("GET", f"machines/{machine_id}/alerts") or {}).get("value") or []
+
+    def list_investigations(self, *, limit: int | None = None, offset: int = 0) -> list[dict]:
+        return list(self.paginate("investigations", limit=limit, offset=offset))
+
+    def get_investigation(self, investigation_id: str) -> dict:
+        return self.request("GET", f"investigations/{quote(investigation_id, safe='')}") or {}
+
+    def start_investigation(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/startInvestigation", json_body={"Comment": comment}) or {}
 
 
 def _quote_odata(value: str, safe: str = "", encoding: str | None = None, errors: str | None = None) -> str:
@@ -939,6 +1048,12 @@ def arg_choice(value: Any, name: str, allowed: Iterable[str], default: str | Non
     if choice is None:
         raise ArgumentError(f"{name} must be one of {', '.join(by_lower.values())} (got '{value}').")
     return choice
+
+
+def arg_choices(value: Any, name: str, allowed: Iterable[str]) -> list[str]:
+    """Every value of a list or comma-separated string, each checked like `arg_choice`."""
+    allowed = list(allowed)
+    return [str(arg_choice(item, name, allowed)) for item in arg_to_list(value)]
 
 
 def arg_required(args: dict, name: str) -> str:
@@ -1082,7 +1197,77 @@ class ODataFilter:
 # A value of (key, entity) maps a nested object or list of objects with that entity's table.
 ENTITY_FIELDS: dict[str, dict[str, Any]] = {
     # ---- machines and machine actions (entities) ----
+    "Machine": {
+        "id": "ID", "computerDnsName": "ComputerDNSName", "firstSeen": "FirstSeen", "lastSeen": "LastSeen",
+        "osPlatform": "OSPlatform", "osVersion": "OSVersion", "version": "OSVersion", "osProcessor": "OSProcessor",
+        "osArchitecture": "OSArchitecture", "osBuild": "OSBuild", "lastIpAddress": "LastIPAddress",
+        "lastExternalIpAddress": "LastExternalIPAddress", "healthStatus": "HealthStatus",
+        "onboardingStatus": "OnboardingStatus", "rbacGroupId": "RBACGroupID", "rbacGroupName": "RBACGroupName",
+        "riskScore": "RiskScore", "exposureLevel": "ExposureLevel", "deviceValue": "DeviceValue",
+        "isAadJoined": "IsAADJoined", "aadDeviceId": "AADDeviceID", "machineTags": "MachineTags",
+        "ipAddresses": ("IPAddresses", "MachineIPAddress"), "agentVersion": "AgentVersion",
+    },
+    "MachineIPAddress": {
+        "ipAddress": "ipAddress", "macAddress": "MACAddress", "operationalStatus": "operationalStatus", "type": "type",
+    },
+    "MachineAction": {
+        "id": "ID", "type": "Type", "scope": "Scope", "requestor": "Requestor", "requestorComment": "RequestorComment",
+        "status": "Status", "machineId": "MachineID", "computerDnsName": "ComputerDNSName",
+        "creationDateTimeUtc": "CreationDateTimeUtc", "lastUpdateTimeUtc": "LastUpdateTimeUtc",
+        "lastUpdateDateTimeUtc": "LastUpdateTimeUtc", "cancellationRequestor": "CancellationRequestor",
+        "cancellationComment": "CancellationComment", "cancellationDateTimeUtc": "CancellationDateTimeUtc",
+        "relatedFileInfo": ("RelatedFileInfo", "RelatedFileInfo"),
+    },
+    # The older integration wrote offboarding results under their own path, with two keys in camelCase.
+    "OffboardMachine": {
+        "id": "ID", "type": "Type", "scope": "Scope", "requestor": "Requestor", "requestorComment": "RequestorComment",
+        "status": "Status", "machineId": "MachineID", "computerDnsName": "ComputerDNSName",
+        "creationDateTimeUtc": "CreationDateTimeUtc", "lastUpdateTimeUtc": "LastUpdateTimeUtc",
+        "lastUpdateDateTimeUtc": "LastUpdateTimeUtc", "cancellationDateTimeUtc": "cancellationDateTimeUtc",
+        "relatedFileInfo": ("RelatedFileInfo", "RelatedFileInfo"), "troubleshootInfo": "troubleshootInfo",
+    },
+    "RelatedFileInfo": {"fileIdentifier": "FileIdentifier", "fileIdentifierType": "FileIdentifierType"},
+    "MachineUser": {
+        "id": "ID", "accountName": "AccountName", "accountDomain": "AccountDomain", "accountSid": "AccountSID",
+        "firstSeen": "FirstSeen", "lastSeen": "LastSeen", "logonTypes": "LogonTypes", "isDomainAdmin": "DomainAdmin",
+        "isOnlyNetworkUser": "NetworkUser",
+    },
     # ---- alerts and investigations (entities) ----
+    # Evidence and relatedUser pass through in Microsoft's camelCase: existing playbooks read them that way.
+    "Alert": {
+        "id": "ID", "incidentId": "IncidentID", "investigationId": "InvestigationID",
+        "investigationState": "InvestigationState", "assignedTo": "AssignedTo", "severity": "Severity",
+        "status": "Status", "classification": "Classification", "determination": "Determination",
+        "detectionSource": "DetectionSource", "detectorId": "DetectorID", "category": "Category",
+        "threatFamilyName": "ThreatFamilyName", "threatName": "ThreatName", "title": "Title",
+        "description": "Description", "alertCreationTime": "AlertCreationTime", "firstEventTime": "FirstEventTime",
+        "lastEventTime": "LastEventTime", "lastUpdateTime": "LastUpdateTime", "resolvedTime": "ResolvedTime",
+        "machineId": "MachineID", "computerDnsName": "ComputerDNSName", "rbacGroupName": "RBACGroupName",
+        "aadTenantId": "AADTenantID", "mitreTechniques": "MitreTechniques", "relatedUser": "RelatedUser",
+        "comments": ("Comments", "AlertComment"), "evidence": "Evidence",
+    },
+    "AlertComment": {"comment": "Comment", "createdBy": "CreatedBy", "createdTime": "CreatedTime"},
+    "AlertUser": {
+        "id": "ID", "accountName": "AccountName", "accountDomain": "AccountDomain", "accountSid": "AccountSID",
+        "firstSeen": "FirstSeen", "lastSeen": "LastSeen", "mostPrevalentMachineId": "MostPrevalentMachineID",
+        "leastPrevalentMachineId": "LeastPrevalentMachineID", "logonTypes": "LogonTypes",
+        "logOnMachinesCount": "LogonCount", "isDomainAdmin": "DomainAdmin", "isOnlyNetworkUser": "NetworkUser",
+    },
+    "AlertFile": {
+        "sha1": "Sha1", "sha256": "Sha256", "md5": "Md5", "globalPrevalence": "GlobalPrevalence",
+        "globalFirstObserved": "GlobalFirstObserved", "globalLastObserved": "GlobalLastObserved", "size": "Size",
+        "fileType": "FileType", "isPeFile": "IsPeFile", "filePublisher": "FilePublisher",
+        "fileProductName": "FileProductName", "signer": "Signer", "issuer": "Issuer", "signerHash": "SignerHash",
+        "isValidCertificate": "IsValidCertificate", "determinationType": "DeterminationType",
+        "determinationValue": "DeterminationValue",
+    },
+    "AlertIP": {"id": "IpAddress"},
+    "AlertDomain": {"host": "Domain"},
+    "Investigation": {
+        "id": "ID", "startTime": "StartTime", "endTime": "EndTime", "state": "State", "cancelledBy": "CancelledBy",
+        "statusDetails": "StatusDetails", "machineId": "MachineID", "computerDnsName": "ComputerDNSName",
+        "triggeringAlertId": "TriggeringAlertID",
+    },
 }
 
 
@@ -1092,8 +1277,9 @@ def to_context(record: dict | None, entity: str) -> dict:
         return {}
     mapped: dict[str, Any] = {}
     for api_name, target in ENTITY_FIELDS[entity].items():
-        if api_name not in record:
-            continue
+        key = target[0] if isinstance(target, tuple) else target
+        if api_name not in record or (record[api_name] is None and key in mapped):
+            continue  # a key fed by two API names (Microsoft spells some fields two ways): null never wins
         value = record[api_name]
         if isinstance(target, tuple):
             key, nested = target
@@ -1245,11 +1431,935 @@ def list_auth_permissions_command(client: Client, args: dict) -> CommandResult:
 
 # ---- machines and machine actions (commands) ----------------------------------------------------
 
+MACHINE_PATH = f"{CONTEXT_PREFIX}.Machine"
+MACHINE_ACTION_PATH = f"{CONTEXT_PREFIX}.MachineAction"
+ENDPOINT_KEY = "Endpoint(val.ID && val.ID == obj.ID && val.Vendor == obj.Vendor)"
+MACHINE_USER_KEY = f"{CONTEXT_PREFIX}.MachineUser(val.ID && val.ID == obj.ID && val.MachineID == obj.MachineID)"
+MACHINE_FILTER_FIELDS = ("computerDnsName", "id", "version", "deviceValue", "aadDeviceId", "machineTags", "lastSeen",
+                         "exposureLevel", "onboardingStatus", "lastIpAddress", "healthStatus", "osPlatform",
+                         "riskScore", "rbacGroupId")
+MACHINE_ACTION_FILTER_FIELDS = ("id", "status", "machineId", "type", "requestor", "creationDateTimeUtc")
+HEALTH_STATUSES = ("Active", "Inactive", "ImpairedCommunication", "NoSensorData", "NoSensorDataImpairedCommunication",
+                   "Unknown")
+RISK_SCORES = ("None", "Informational", "Low", "Medium", "High")
+ACTION_STATUSES = ("Pending", "InProgress", "Succeeded", "Failed", "TimeOut", "Cancelled")
+FINAL_ACTION_STATUSES = frozenset({"Succeeded", "Failed", "TimeOut", "Cancelled"})
+ACTION_TYPES = ("RunAntiVirusScan", "Offboard", "LiveResponse", "CollectInvestigationPackage", "Isolate", "Unisolate",
+                "StopAndQuarantineFile", "RestrictCodeExecution", "UnrestrictCodeExecution")
+ISOLATION_TYPES = ("Full", "Selective", "UnManagedDevice")
+SCAN_TYPES = ("Quick", "Full")
+TAG_ACTIONS = ("Add", "Remove")
+FIND_BY_IP_MAX_AGE = timedelta(days=30)  # Microsoft answers 400 for older timestamps
+CLOCK_SKEW = timedelta(minutes=5)
+DEFAULT_POLL_INTERVAL = 10  # seconds
+DEFAULT_POLL_TIMEOUT = 600
+DEFAULT_RESTRICT_COMMENT = "App execution restricted from Cortex XSOAR."
+ACTION_ID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+DOMAIN_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?$")
+MACHINE_HEADERS = ["ID", "ComputerDNSName", "OSPlatform", "LastIPAddress", "LastExternalIPAddress", "HealthStatus",
+                   "RiskScore", "ExposureLevel", "LastSeen", "MachineTags"]
+ACTION_HEADERS = ["ID", "Type", "Status", "MachineID", "ComputerDNSName", "Requestor", "RequestorComment",
+                  "CreationDateTimeUtc", "LastUpdateTimeUtc"]
+OUTCOME_HEADERS = ["Machine", "Action ID", "Type", "Status", "Pre-existing", "Details"]
+MACHINE_READ = ("Machine.Read.All", "Machine.ReadWrite.All")
+# An action command is listed with the permission that creates its action; polling also needs one of MACHINE_READ.
+ACTION_ROLES = ("Machine.Isolate", "Machine.RestrictExecution", "Machine.Scan", "Machine.CollectForensics",
+                "Machine.StopAndQuarantine", "Machine.Offboard", "Machine.LiveResponse")
+
+
+def validate_action_id(value: str, name: str = "action_id") -> str:
+    if not ACTION_ID.match(value.strip()):
+        raise ArgumentError(f"{name} must be a machine action ID, a GUID such as 7a3e8c1d-5b2f-4e6a-9c0d-1f2e3a4b5c6d "
+                            f"(got '{value}'). Find IDs with !microsoft-atp-list-machine-actions-details.")
+    return value.strip()
+
+
+def machine_ids_arg(args: dict, name: str = "machine_id") -> list[str]:
+    ids = [validate_machine_id(value, name) for value in arg_to_list(args.get(name))]
+    if not ids:
+        raise ArgumentError(f"{name} is required: one or more machine IDs, comma-separated.")
+    return list(dict.fromkeys(ids))
+
+
+def required_choice(args: dict, name: str, allowed: Iterable[str]) -> str:
+    choice = arg_choice(args.get(name), name, allowed)
+    if choice is None:
+        raise ArgumentError(f"{name} is required: one of {', '.join(allowed)}.")
+    return choice
+
+
+Failures = list[tuple[str, str]]  # (item, why it failed)
+
+
+def call_for_each(items: list[str], call: Callable[[str], Any], what: str) -> tuple[list[tuple[str, Any]], Failures]:
+    """Calls the API once per item and keeps going past failures; fails only when every item failed."""
+    done: list[tuple[str, Any]] = []
+    failed: Failures = []
+    for item in items:
+        try:
+            done.append((item, call(item)))
+        except ApiError as exc:
+            failed.append((item, str(exc)))
+    if failed and not done:
+        raise IntegrationError(f"{what} failed for every item:\n" + "\n".join(f"- {i}: {e}" for i, e in failed))
+    return done, failed
+
+
+def failures_readable(failed: Failures, label: str) -> str:
+    if not failed:
+        return ""
+    return "\n\n" + markdown_table("Failed", [{label: item, "Error": error} for item, error in failed])
+
+
+# ---- machines: output -------------------------------------------------------------------------
+
+
+def machine_context(machine: dict) -> dict:
+    context = to_context(machine, "Machine")
+    interfaces = network_interfaces(machine.get("ipAddresses") or [])
+    if interfaces:
+        context["NetworkInterfaces"] = interfaces
+    return context
+
+
+def network_interfaces(ip_addresses: list[dict]) -> list[dict]:
+    """The machine's addresses grouped by network adapter (MAC address)."""
+    by_mac: dict[str, dict] = {}
+    for address in ip_addresses:
+        mac = address.get("macAddress") or ""
+        interface = by_mac.setdefault(mac, {"MACAddress": mac, "IPAddresses": [], "Type": address.get("type"),
+                                            "Status": address.get("operationalStatus")})
+        if address.get("ipAddress"):
+            interface["IPAddresses"].append(address["ipAddress"])
+    return list(by_mac.values())
+
+
+def endpoint_context(machine: dict) -> dict:
+    """The standard Endpoint context. IsIsolated is left out: the machine record does not say."""
+    last_ip = machine.get("lastIpAddress")
+    macs = [(a.get("ipAddress"), a.get("macAddress")) for a in machine.get("ipAddresses") or [] if a.get("macAddress")]
+    mac = next((m for ip, m in macs if ip == last_ip), macs[0][1] if macs else None)
+    endpoint = {"ID": machine.get("id"), "Hostname": machine.get("computerDnsName"), "IPAddress": last_ip,
+                "OS": machine.get("osPlatform"), "OSVersion": machine.get("version") or machine.get("osVersion"),
+                "Status": "Online" if str(machine.get("healthStatus")).lower() == "active" else "Offline",
+                "MACAddress": mac, "Vendor": VENDOR}
+    return {key: value for key, value in endpoint.items() if value is not None}
+
+
+def machines_result(title: str, machines: list[dict], *, endpoints: bool = False,
+                    failed: Failures | None = None, label: str = "Machine ID") -> CommandResult:
+    contexts = [machine_context(machine) for machine in machines]
+    outputs: dict[str, Any] = {}
+    if contexts:
+        outputs[context_key(MACHINE_PATH)] = contexts
+        if endpoints:
+            outputs[ENDPOINT_KEY] = [endpoint_context(machine) for machine in machines]
+    readable = markdown_table(title, contexts, MACHINE_HEADERS) + failures_readable(failed or [], label)
+    return CommandResult(readable, outputs, raw=machines)
+
+
+# ---- machines: commands -----------------------------------------------------------------------
+
+
+def machine_paging(args: dict) -> tuple[int | None, int]:
+    """(limit, offset): all_results walks every match; else `limit` gives the first N; else one page."""
+    all_results = arg_to_bool(args.get("all_results"), "all_results", False)
+    limit = arg_to_int(args.get("limit"), "limit", minimum=1)
+    page_size = arg_to_int(args.get("page_size"), "page_size", default=50, minimum=1, maximum=MAX_PAGE_SIZE)
+    page_num = arg_to_int(args.get("page_num"), "page_num", default=1, minimum=1)
+    if all_results:
+        return None, 0
+    if limit is not None:
+        return limit, 0
+    return page_size, (page_num - 1) * page_size
+
+
+def get_machines_command(client: Client, args: dict) -> CommandResult:
+    odata = ODataFilter(MACHINE_FILTER_FIELDS)
+    odata.startswith_any("computerDnsName", arg_to_list(args.get("hostname")))
+    odata.one_of("lastIpAddress", [validate_ip(ip) for ip in arg_to_list(args.get("ip"))])
+    odata.one_of("riskScore", [arg_choice(v, "risk_score", RISK_SCORES) for v in arg_to_list(args.get("risk_score"))])
+    odata.eq("healthStatus", arg_choice(args.get("health_status"), "health_status", HEALTH_STATUSES))
+    odata.eq("osPlatform", str(args.get("os_platform") or "").strip())
+    limit, offset = machine_paging(args)
+    machines = client.list_machines(odata_filter=odata.build(), limit=limit, offset=offset)
+    return machines_result("Machines", machines)
+
+
+def endpoint_filter(ids: list[str], ips: list[str], hostnames: list[str]) -> str:
+    """Machines matching any of the values; a hostname matches the name itself or as the start of an FQDN."""
+    clauses = [
+        ODataFilter(MACHINE_FILTER_FIELDS).one_of("id", ids).build(),
+        ODataFilter(MACHINE_FILTER_FIELDS).one_of("lastIpAddress", ips).build(),
+        ODataFilter(MACHINE_FILTER_FIELDS).one_of("computerDnsName", hostnames).build(),
+        ODataFilter(MACHINE_FILTER_FIELDS).startswith_any("computerDnsName", [f"{h}." for h in hostnames]).build(),
+    ]
+    clauses = [clause for clause in clauses if clause]
+    return clauses[0] if len(clauses) == 1 else " or ".join(f"({clause})" for clause in clauses)
+
+
+def endpoint_command(client: Client, args: dict) -> CommandResult:
+    ids = [validate_machine_id(value, "id") for value in arg_to_list(args.get("id"))]
+    ips = [validate_ip(value) for value in arg_to_list(args.get("ip"))]
+    hostnames = arg_to_list(args.get("hostname"))
+    if not (ids or ips or hostnames):
+        raise ArgumentError("endpoint needs at least one of id, ip or hostname.")
+    machines = client.list_machines(odata_filter=endpoint_filter(ids, ips, hostnames))
+    return machines_result("Endpoints", machines, endpoints=True)
+
+
+def get_machine_by_ip_command(client: Client, args: dict) -> CommandResult:
+    ip = validate_ip(arg_required(args, "ip"))
+    now = datetime.now(timezone.utc)
+    timestamp = arg_to_datetime(arg_required(args, "timestamp"), "timestamp", now=now)
+    if timestamp < now - FIND_BY_IP_MAX_AGE or timestamp > now + CLOCK_SKEW:
+        raise ArgumentError(f"timestamp must be within the last 30 days, as Microsoft only searches that far back "
+                            f"(got '{args.get('timestamp')}').")
+    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=1)
+    all_results = arg_to_bool(args.get("all_results"), "all_results", False)
+    machines = client.find_machines_by_ip(ip, timestamp)
+    if not all_results:
+        machines = machines[:limit]
+    return machines_result(f"Machines that used {ip} around {format_datetime(timestamp)}", machines, endpoints=True)
+
+
+def get_machine_details_command(client: Client, args: dict) -> CommandResult:
+    found, failed = call_for_each(machine_ids_arg(args), client.get_machine, "Getting machine details")
+    return machines_result("Machine details", [machine for _, machine in found], failed=failed)
+
+
+def get_machine_users_command(client: Client, args: dict) -> CommandResult:
+    found, failed = call_for_each(machine_ids_arg(args), client.list_machine_logon_users, "Listing logon users")
+    users = [{**to_context(user, "MachineUser"), "MachineID": machine_id} for machine_id, logons in found
+             for user in logons]
+    readable = markdown_table("Users who logged on to the machine", users, [
+        "ID", "AccountName", "AccountDomain", "MachineID", "FirstSeen", "LastSeen", "LogonTypes", "DomainAdmin",
+        "NetworkUser"]) + failures_readable(failed, "Machine ID")
+    return CommandResult(readable, {MACHINE_USER_KEY: users} if users else {},
+                         raw=[user for _, logons in found for user in logons])
+
+
+def add_remove_machine_tag_command(client: Client, args: dict) -> CommandResult:
+    machine_ids = machine_ids_arg(args)
+    action = required_choice(args, "action", TAG_ACTIONS)
+    tag = arg_required(args, "tag")
+    found, failed = call_for_each(machine_ids, lambda machine_id: client.tag_machine(machine_id, tag, action),
+                                  f"{action} tag")
+    verb = "added to" if action == "Add" else "removed from"
+    return machines_result(f"Tag '{tag}' {verb} machines", [machine for _, machine in found], failed=failed)
+
+
+def get_file_related_machines_command(client: Client, args: dict) -> CommandResult:
+    hashes = list(dict.fromkeys(validate_sha1(value) for value in arg_to_list(args.get("file_hash"))))
+    if not hashes:
+        raise ArgumentError("file_hash is required: one or more SHA-1 hashes, comma-separated.")
+    found, failed = call_for_each(hashes, client.list_file_machines, "Finding machines for the file")
+    file_machines = [{"File": sha1, "Machines": [machine_context(m) for m in machines]} for sha1, machines in found]
+    machines = {m["ID"]: m for entry in file_machines for m in entry["Machines"] if m.get("ID")}
+    rows = [{"File": entry["File"], **machine} for entry in file_machines for machine in entry["Machines"]]
+    readable = markdown_table("Machines that have seen the file", rows, ["File", *MACHINE_HEADERS[:6]])
+    outputs = {context_key(f"{CONTEXT_PREFIX}.FileMachine", "File"): file_machines}
+    if machines:
+        outputs[context_key(MACHINE_PATH)] = list(machines.values())
+    return CommandResult(readable + failures_readable(failed, "File hash"), outputs,
+                         raw={sha1: machines for sha1, machines in found})
+
+
+def get_domain_machines_command(client: Client, args: dict) -> CommandResult:
+    domain = arg_required(args, "domain")
+    if not DOMAIN_NAME.match(domain):
+        raise ArgumentError(f"domain must be a domain name such as contoso.com, without scheme or path (got '{domain}').")
+    machines = client.list_domain_machines(domain)
+    contexts = [machine_context(machine) for machine in machines]
+    readable = markdown_table(f"Machines that communicated with {domain}", contexts, MACHINE_HEADERS)
+    return CommandResult(readable, {context_key(f"{CONTEXT_PREFIX}.DomainMachine", "Domain"): {
+        "Domain": domain, "Machines": contexts}}, raw=machines)
+
+
+def get_user_machines_command(client: Client, args: dict) -> CommandResult:
+    username = arg_required(args, "username")
+    if "@" in username:
+        raise ArgumentError(f"username must be the account name (e.g. jdoe), not a UPN or e-mail address (got "
+                            f"'{username}'): Microsoft looks users up by account name.")
+    machines = client.list_user_machines(username.rsplit("\\", 1)[-1])  # DOMAIN\jdoe -> jdoe
+    contexts = [machine_context(machine) for machine in machines]
+    readable = markdown_table(f"Machines {username} logged on to", contexts, MACHINE_HEADERS)
+    return CommandResult(readable, {context_key(f"{CONTEXT_PREFIX}.UserMachine", "Username"): {
+        "Username": username, "Machines": contexts}}, raw=machines)
+
+
+# ---- machine actions: listing, cancelling, package links ---------------------------------------
+
+
+def extra_filter_arg(args: dict) -> str | None:
+    """The raw OData clause in `filters`, passed to Microsoft as is."""
+    value = args.get("filters")
+    if value is None or value == "":
+        return None
+    if not isinstance(value, str) or not value.strip():
+        raise ArgumentError(f"filters must be an OData clause as text, e.g. creationDateTimeUtc gt "
+                            f"2024-05-01T00:00:00Z (got '{value}').")
+    return value.strip()
+
+
+def machine_actions_result(title: str, actions: list[dict]) -> CommandResult:
+    contexts = [to_context(action, "MachineAction") for action in actions]
+    return CommandResult(markdown_table(title, contexts, ACTION_HEADERS),
+                         {context_key(MACHINE_ACTION_PATH): contexts} if contexts else {}, raw=actions)
+
+
+def list_machine_actions_details_command(client: Client, args: dict) -> CommandResult:
+    odata = ODataFilter(MACHINE_ACTION_FILTER_FIELDS)
+    odata.one_of("id", [validate_action_id(value, "id") for value in arg_to_list(args.get("id"))])
+    odata.eq("status", arg_choice(args.get("status"), "status", ACTION_STATUSES))
+    odata.one_of("machineId", [validate_machine_id(value) for value in arg_to_list(args.get("machine_id"))])
+    odata.eq("type", arg_choice(args.get("type"), "type", ACTION_TYPES))
+    odata.eq("requestor", str(args.get("requestor") or "").strip())
+    extra = extra_filter_arg(args)
+    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=1)
+    odata_filter = " and ".join(clause for clause in (odata.build(), extra and f"({extra})") if clause)
+    actions = client.list_machine_actions(odata_filter=odata_filter or None, limit=limit)
+    return machine_actions_result("Machine actions", actions)
+
+
+def cancel_machine_action_command(client: Client, args: dict) -> CommandResult:
+    action_id = validate_action_id(arg_required(args, "action_id"))
+    comment = arg_required(args, "comment")
+    action = client.cancel_machine_action(action_id, comment)
+    return machine_actions_result(f"Cancellation requested for machine action {action_id}", [action])
+
+
+def package_link(client: Client, action_id: str) -> str:
+    # Microsoft's documented example wraps the link in extra quotes.
+    link = str(client.get_investigation_package_uri(action_id).get("value") or "").strip().strip('"')
+    if not link:
+        raise ApiError(f"Microsoft returned no download link for the investigation package of action {action_id}.")
+    return link
+
+
+def get_investigation_package_sas_uri_command(client: Client, args: dict) -> CommandResult:
+    action_id = validate_action_id(arg_required(args, "action_id"))
+    link = package_link(client, action_id)
+    readable = (f"### Investigation package of action {action_id}\nDownload link (valid for a short time only): "
+                f"{link}")
+    return CommandResult(readable, {context_key(f"{CONTEXT_PREFIX}.InvestigationURI", "Link"): {
+        "Link": link, "ActionID": action_id}}, raw={"value": link})
+
+
+# ---- machine actions: requesting and polling to a final status --------------------------------
+
+
+@dataclass(frozen=True)
+class ActionCommand:
+    """A response-action command: what it asks Microsoft for and how its results are written."""
+
+    name: str  # the command, rerun by the platform while actions are pending
+    action_type: str  # Microsoft's type, to find an already pending action of the same kind
+    ids_arg: str = "action_ids"  # carries the action ids between polling rounds
+    polling_default: bool = True
+    context_path: str = MACHINE_ACTION_PATH
+    entity: str = "MachineAction"
+
+
+@dataclass(frozen=True)
+class ActionTarget:
+    machine_id: str
+    file_sha1: str = ""
+
+
+@dataclass
+class ActionOutcome:
+    """One requested action: Microsoft's record of it, or why it could not be requested or found."""
+
+    machine_id: str
+    action: dict = field(default_factory=dict)
+    preexisting: bool = False
+    error: str = ""
+
+    @property
+    def final(self) -> bool:
+        return bool(self.error) or self.action.get("status") in FINAL_ACTION_STATUSES
+
+    @property
+    def label(self) -> str:
+        machine = self.action.get("computerDnsName") or self.machine_id
+        return f"{self.action.get('type')} on {machine} ({self.action.get('status')})"
+
+
+def is_already_pending(exc: ApiError) -> bool:
+    text = str(exc).lower()
+    return exc.status == 400 and (exc.code == "ActiveRequestAlreadyExists" or "already in progress" in text
+                                  or "pending" in text)
+
+
+def _created(action: dict) -> datetime:
+    try:
+        return parse_iso_datetime(str(action.get("creationDateTimeUtc")))
+    except ValueError:
+        return datetime.min.replace(tzinfo=timezone.utc)
+
+
+def find_pending_action(client: Client, command: ActionCommand, target: ActionTarget) -> dict | None:
+    """The newest not-yet-final action of this type on the machine (and for this file, when there is one)."""
+    odata = (ODataFilter(MACHINE_ACTION_FILTER_FIELDS).eq("machineId", target.machine_id)
+             .eq("type", command.action_type).one_of("status", ("Pending", "InProgress")))
+    candidates = [action for action in client.list_machine_actions(odata_filter=odata.build())
+                  if same_file(action, target.file_sha1)]
+    return max(candidates, key=_created, default=None)
+
+
+def same_file(action: dict, sha1: str) -> bool:
+    file_id = str((action.get("relatedFileInfo") or {}).get("fileIdentifier") or "").lower()
+    return not sha1 or not file_id or file_id == sha1
+
+
+def request_action(client: Client, command: ActionCommand, target: ActionTarget,
+                   create: Callable[[ActionTarget], dict]) -> ActionOutcome:
+    """Creates one action. If Microsoft says one is already pending, returns that one: a second
+    request would be refused, and retrying later would queue a duplicate."""
+    try:
+        try:
+            return ActionOutcome(target.machine_id, create(target))
+        except ApiError as exc:
+            pending = find_pending_action(client, command, target) if is_already_pending(exc) else None
+            if pending is None:
+                raise
+            return ActionOutcome(target.machine_id, pending, preexisting=True)
+    except ApiError as exc:
+        return ActionOutcome(target.machine_id, error=str(exc))
+
+
+def current_outcomes(client: Client, action_ids: list[str], preexisting: set[str]) -> list[ActionOutcome]:
+    """The state of every action in one request."""
+    odata = ODataFilter(MACHINE_ACTION_FILTER_FIELDS).one_of("id", action_ids)
+    by_id = {str(action.get("id")).lower(): action for action in client.list_machine_actions(odata_filter=odata.build())}
+    outcomes = []
+    for action_id in action_ids:
+        action = by_id.get(action_id.lower())
+        outcomes.append(ActionOutcome(str(action.get("machineId") or ""), action, action_id in preexisting) if action
+                        else ActionOutcome("", error=f"Machine action {action_id} was not found."))
+    return outcomes
+
+
+def outcome_row(outcome: ActionOutcome) -> dict:
+    action = outcome.action
+    file_id = (action.get("relatedFileInfo") or {}).get("fileIdentifier")
+    details = [outcome.error, f"File {file_id}" if file_id else "",
+               "An action of this type was already pending on the machine; it was returned instead of requesting a "
+               "new one." if outcome.preexisting else ""]
+    return {"Machine": action.get("computerDnsName") or outcome.machine_id, "Action ID": action.get("id"),
+            "Type": action.get("type"), "Status": action.get("status") or ("Request failed" if outcome.error else ""),
+            "Pre-existing": "yes" if outcome.preexisting else "no", "Details": " ".join(d for d in details if d)}
+
+
+def outcomes_result(command: ActionCommand, outcomes: list[ActionOutcome], readable: str,
+                    scheduled: ScheduledCommand | None = None) -> CommandResult:
+    contexts = [{**to_context(o.action, command.entity), "PreExisting": o.preexisting} for o in outcomes if o.action]
+    return CommandResult(readable, {context_key(command.context_path): contexts} if contexts else {},
+                         raw=[o.action for o in outcomes if o.action], scheduled=scheduled)
+
+
+def next_round_args(args: dict, command: ActionCommand, outcomes: list[ActionOutcome], started: float) -> dict:
+    ids = [str(o.action["id"]) for o in outcomes if o.action.get("id")]
+    preexisting = [str(o.action["id"]) for o in outcomes if o.preexisting and o.action.get("id")]
+    next_args = {**args, command.ids_arg: ",".join(ids), "polling_started": str(int(started))}
+    next_args.pop("preexisting_action_ids", None)
+    if preexisting:
+        next_args["preexisting_action_ids"] = ",".join(preexisting)
+    return next_args
+
+
+def run_machine_action(client: Client, args: dict, command: ActionCommand, targets: list[ActionTarget],
+                       create: Callable[[ActionTarget], dict],
+                       on_done: Callable[[Client, list[ActionOutcome], CommandResult], Any] | None = None) -> Any:
+    """The polling state machine shared by every action command. The first run creates the actions (one per
+    target); later runs, scheduled every interval while any action is not final, check all of them with one
+    request. The last run reports each action's outcome, or what is still pending when time runs out."""
+    polling = arg_to_bool(args.get("polling"), "polling", command.polling_default)
+    interval = arg_to_int(args.get("interval_in_seconds"), "interval_in_seconds", default=DEFAULT_POLL_INTERVAL,
+                          minimum=1)
+    timeout = arg_to_int(args.get("timeout_in_seconds"), "timeout_in_seconds", default=DEFAULT_POLL_TIMEOUT,
+                         minimum=interval)
+    action_ids = [validate_action_id(value, command.ids_arg) for value in arg_to_list(args.get(command.ids_arg))]
+    now = time.time()
+    if action_ids:
+        started = float(arg_to_int(args.get("polling_started"), "polling_started", default=int(now)))
+        outcomes = current_outcomes(client, action_ids, set(arg_to_list(args.get("preexisting_action_ids"))))
+        title = "Machine action results"
+    else:
+        started = now
+        outcomes = [request_action(client, command, target, create) for target in targets]
+        title = "Machine actions requested"
+    if all(outcome.error for outcome in outcomes):
+        raise IntegrationError(f"{command.action_type} failed for every machine:\n" + "\n".join(
+            f"- {outcome.machine_id or 'unknown machine'}: {outcome.error}" for outcome in outcomes))
+    pending = [outcome for outcome in outcomes if not outcome.final]
+    table = markdown_table(title, [outcome_row(outcome) for outcome in outcomes], OUTCOME_HEADERS)
+    waiting = ", ".join(outcome.label for outcome in pending)
+    elapsed = now - started
+    if polling and pending and elapsed + interval <= timeout:
+        status = f"Waiting for {len(pending)} of {len(outcomes)} actions: {waiting}. Checking again in {interval} s."
+        scheduled = ScheduledCommand(command.name, interval, next_round_args(args, command, outcomes, started), timeout)
+        return outcomes_result(command, outcomes, status if action_ids else f"{table}\n\n{status}", scheduled)
+    if pending:
+        ids = ",".join(str(outcome.action.get("id")) for outcome in pending)
+        reason = (f"Stopped waiting after {elapsed:.0f} s (timeout_in_seconds={timeout})" if polling
+                  else "Not waiting for completion (polling=false)")
+        table += (f"\n\n{reason}; still pending: {waiting}. Check later with "
+                  f"!microsoft-atp-list-machine-actions-details id={ids}")
+    result = outcomes_result(command, outcomes, table)
+    return on_done(client, outcomes, result) if on_done and not pending else result
+
+
+def machine_targets(args: dict) -> list[ActionTarget]:
+    return [ActionTarget(machine_id) for machine_id in machine_ids_arg(args)]
+
+
+ISOLATE = ActionCommand("microsoft-atp-isolate-machine", "Isolate")
+UNISOLATE = ActionCommand("microsoft-atp-unisolate-machine", "Unisolate")
+SCAN = ActionCommand("microsoft-atp-run-antivirus-scan", "RunAntiVirusScan")
+RESTRICT = ActionCommand("microsoft-atp-restrict-app-execution", "RestrictCodeExecution")
+UNRESTRICT = ActionCommand("microsoft-atp-remove-app-restriction", "UnrestrictCodeExecution")
+QUARANTINE = ActionCommand("microsoft-atp-stop-and-quarantine-file", "StopAndQuarantineFile", polling_default=False)
+COLLECT = ActionCommand("microsoft-atp-collect-investigation-package", "CollectInvestigationPackage")
+DOWNLOAD = ActionCommand("microsoft-atp-request-and-download-investigation-package", "CollectInvestigationPackage",
+                         ids_arg="machine_action_id")
+OFFBOARD = ActionCommand("microsoft-atp-offboard-machine", "Offboard", context_path=f"{CONTEXT_PREFIX}.OffboardMachine",
+                         entity="OffboardMachine")
+
+
+def isolate_machine_command(client: Client, args: dict) -> Any:
+    comment = arg_required(args, "comment")
+    isolation_type = required_choice(args, "isolation_type", ISOLATION_TYPES)
+    return run_machine_action(client, args, ISOLATE, machine_targets(args),
+                              lambda target: client.isolate_machine(target.machine_id, comment, isolation_type))
+
+
+def unisolate_machine_command(client: Client, args: dict) -> Any:
+    comment = arg_required(args, "comment")
+    return run_machine_action(client, args, UNISOLATE, machine_targets(args),
+                              lambda target: client.unisolate_machine(target.machine_id, comment))
+
+
+def run_antivirus_scan_command(client: Client, args: dict) -> Any:
+    comment = arg_required(args, "comment")
+    scan_type = required_choice(args, "scan_type", SCAN_TYPES)
+    return run_machine_action(client, args, SCAN, machine_targets(args),
+                              lambda target: client.run_antivirus_scan(target.machine_id, comment, scan_type))
+
+
+def restrict_app_execution_command(client: Client, args: dict) -> Any:
+    comment = str(args.get("comment") or "").strip() or DEFAULT_RESTRICT_COMMENT
+    return run_machine_action(client, args, RESTRICT, machine_targets(args),
+                              lambda target: client.restrict_code_execution(target.machine_id, comment))
+
+
+def remove_app_restriction_command(client: Client, args: dict) -> Any:
+    comment = arg_required(args, "comment")
+    return run_machine_action(client, args, UNRESTRICT, machine_targets(args),
+                              lambda target: client.unrestrict_code_execution(target.machine_id, comment))
+
+
+def stop_and_quarantine_file_command(client: Client, args: dict) -> Any:
+    comment = arg_required(args, "comment")
+    hashes = list(dict.fromkeys(validate_sha1(value) for value in arg_to_list(args.get("file_hash"))))
+    if not hashes:
+        raise ArgumentError("file_hash is required: one or more SHA-1 hashes, comma-separated.")
+    targets = [ActionTarget(machine_id, sha1) for machine_id in machine_ids_arg(args) for sha1 in hashes]
+    return run_machine_action(client, args, QUARANTINE, targets, lambda target: client.stop_and_quarantine_file(
+        target.machine_id, comment, target.file_sha1))
+
+
+def collect_investigation_package_command(client: Client, args: dict) -> Any:
+    comment = arg_required(args, "comment")
+    return run_machine_action(client, args, COLLECT, machine_targets(args),
+                              lambda target: client.collect_investigation_package(target.machine_id, comment))
+
+
+def download_packages(client: Client, outcomes: list[ActionOutcome], result: CommandResult) -> list:
+    """The last step of request-and-download: a file entry per successful collection."""
+    collected = [outcome for outcome in outcomes if outcome.action.get("status") == "Succeeded"]
+    if not collected:
+        raise IntegrationError("No investigation package to download: " + "; ".join(
+            outcome.error or outcome.label for outcome in outcomes))
+    files = [file_entry(f"{outcome.action.get('machineId') or outcome.machine_id}_investigation_package.zip",
+                        client.download(package_link(client, outcome.action["id"]))) for outcome in collected]
+    return [result, *files]
+
+
+def request_and_download_investigation_package_command(client: Client, args: dict) -> Any:
+    comment = arg_required(args, "comment")
+    return run_machine_action(client, args, DOWNLOAD, machine_targets(args),
+                              lambda target: client.collect_investigation_package(target.machine_id, comment),
+                              on_done=download_packages)
+
+
+def offboard_machine_command(client: Client, args: dict) -> Any:
+    comment = arg_required(args, "comment")
+    return run_machine_action(client, args, OFFBOARD, machine_targets(args),
+                              lambda target: client.offboard_machine(target.machine_id, comment))
+
 
 # ---- alerts and investigations (commands) ----------------------------------------------------------
 
+ALERT_FILTER_FIELDS = ("alertCreationTime", "lastUpdateTime", "incidentId", "investigationId", "id", "assignedTo",
+                       "detectionSource", "lastEventTime", "status", "severity", "category")
+ALERT_SEVERITIES = ("Informational", "Low", "Medium", "High")
+ALERT_STATUSES = ("New", "InProgress", "Resolved")
+ALERT_CLASSIFICATIONS = ("Unknown", "FalsePositive", "TruePositive", "InformationalExpectedActivity")
+# Microsoft's pages disagree on some names: the contract's values and the alternative spellings are all accepted.
+ALERT_DETERMINATIONS = ("NotAvailable", "Malware", "SecurityTesting", "UnwantedSoftware", "MultiStagedAttack",
+                        "MaliciousUserActivity", "CompromisedAccount", "CompromisedUser", "Phishing",
+                        "LineOfBusinessApplication", "ConfirmedActivity", "ConfirmedUserActivity", "NotMalicious",
+                        "Clean", "InsufficientData", "Other")
+CREATED_ALERT_SEVERITIES = ("Low", "Medium", "High")
+# The older integration's categories plus the ones Microsoft documents for CreateAlertByReference.
+CREATED_ALERT_CATEGORIES = (
+    "None", "General", "SuspiciousActivity", "Malware", "CredentialTheft", "CredentialAccess", "Collection",
+    "DefenseEvasion", "Discovery", "Execution", "InitialAccess", "Exploit", "WebExploit", "DocumentExploit",
+    "PrivilegeEscalation", "Persistence", "RemoteAccessTool", "CommandAndControl", "SuspiciousNetworkTraffic",
+    "Ransomware", "MalwareDownload", "Reconnaissance", "WebFingerprinting", "Weaponization", "Delivery",
+    "SocialEngineering", "CredentialStealing", "Installation", "Backdoor", "Trojan", "TrojanDownloader",
+    "LateralMovement", "ExplorationEnumeration", "NetworkPropagation", "Exfiltration", "NotApplicable",
+    "EnterprisePolicy")
+ALERT_HEADERS = ["ID", "Title", "Severity", "Status", "AlertCreationTime", "ComputerDNSName", "MachineID", "Category",
+                 "DetectionSource", "AssignedTo", "IncidentID"]
+INVESTIGATION_HEADERS = ["ID", "State", "MachineID", "ComputerDNSName", "StartTime", "EndTime", "TriggeringAlertID",
+                         "StatusDetails", "CancelledBy"]
+DOMAIN_NAME = re.compile(r"^[^\s/:@?#\\]+$")
+
+
+def alerts_result(title: str, alerts: list[dict], path: str = "Alert") -> CommandResult:
+    rows = [to_context(alert, "Alert") for alert in alerts]
+    return CommandResult(readable=markdown_table(title, rows, ALERT_HEADERS),
+                         outputs={context_key(f"{CONTEXT_PREFIX}.{path}"): rows} if rows else {}, raw=alerts)
+
+
+def entity_alerts_result(title: str, alerts: list[dict], path: str, key_field: str, key: str) -> CommandResult:
+    """Alerts of one file, IP, domain or user, under `<path>.Alerts` next to the entity's key."""
+    rows = [to_context(alert, "Alert") for alert in alerts]
+    return CommandResult(readable=markdown_table(title, rows, ALERT_HEADERS),
+                         outputs={context_key(f"{CONTEXT_PREFIX}.{path}", key_field): {key_field: key, "Alerts": rows}},
+                         raw=alerts)
+
+
+def alert_related_result(title: str, alert_id: str, records: list[dict], path: str, items_key: str,
+                         entity: str) -> CommandResult:
+    rows = [to_context(record, entity) for record in records]
+    return CommandResult(readable=markdown_table(title, rows),
+                         outputs={context_key(f"{CONTEXT_PREFIX}.{path}", "AlertID"): {items_key: rows,
+                                                                                        "AlertID": alert_id}},
+                         raw=records)
+
+
+def investigations_result(title: str, investigations: list[dict]) -> CommandResult:
+    rows = [to_context(investigation, "Investigation") for investigation in investigations]
+    return CommandResult(readable=markdown_table(title, rows, INVESTIGATION_HEADERS),
+                         outputs={context_key(f"{CONTEXT_PREFIX}.Investigation"): rows} if rows else {},
+                         raw=investigations)
+
+
+def limit_and_offset(args: dict) -> tuple[int, int]:
+    return (int(arg_to_int(args.get("limit"), "limit", default=50, minimum=1)),
+            int(arg_to_int(args.get("offset"), "offset", default=0, minimum=0)))
+
+
+def list_alerts_command(client: Client, args: dict) -> CommandResult:
+    odata_filter = (ODataFilter(ALERT_FILTER_FIELDS)
+                    .one_of("severity", arg_choices(args.get("severity"), "severity", ALERT_SEVERITIES))
+                    .one_of("status", arg_choices(args.get("status"), "status", ALERT_STATUSES))
+                    .eq("category", str(args.get("category") or "").strip())
+                    .compare("alertCreationTime", "ge", arg_to_datetime(args.get("creation_time"), "creation_time"))
+                    .build())
+    limit, offset = limit_and_offset(args)
+    alerts = client.list_alerts(odata_filter=odata_filter, limit=limit, offset=offset,
+                                expand_evidence=arg_to_bool(args.get("evidence"), "evidence"))
+    return alerts_result("Microsoft Defender for Endpoint alerts", alerts)
+
+
+def get_alert_by_id_command(client: Client, args: dict) -> CommandResult:
+    alert_ids = arg_to_list(args.get("alert_ids"))
+    if not alert_ids:
+        raise ArgumentError("alert_ids is required: one alert ID or a comma-separated list of them.")
+    evidence = arg_to_bool(args.get("evidence"), "evidence")
+    alerts, failures = [], []
+    for alert_id in alert_ids:
+        try:
+            alerts.append(client.get_alert(alert_id, expand_evidence=evidence))
+        except ApiError as exc:
+            failures.append(f"{alert_id}: {exc}")
+    if not alerts:
+        raise ApiError("No alert could be retrieved. " + " ".join(failures))
+    result = alerts_result("Microsoft Defender for Endpoint alerts", alerts)
+    if failures:
+        result.readable += "\n\n**Not retrieved:**\n" + "\n".join(f"- {failure}" for failure in failures)
+    return result
+
+
+def update_alert_command(client: Client, args: dict) -> CommandResult:
+    alert_id = arg_required(args, "alert_id")
+    changes = {
+        "status": arg_choice(args.get("status"), "status", ALERT_STATUSES),
+        "assignedTo": str(args.get("assigned_to") or "").strip(),
+        "classification": arg_choice(args.get("classification"), "classification", ALERT_CLASSIFICATIONS),
+        "determination": arg_choice(args.get("determination"), "determination", ALERT_DETERMINATIONS),
+        "comment": str(args.get("comment") or "").strip(),
+    }
+    changes = {name: value for name, value in changes.items() if value}
+    if not changes:
+        raise ArgumentError("Nothing to update: give at least one of status, assigned_to, classification, "
+                            "determination or comment.")
+    alert = client.update_alert(alert_id, changes)
+    return alerts_result(f"Alert {alert_id} was updated ({', '.join(changes)})", [alert])
+
+
+def create_alert_command(client: Client, args: dict) -> CommandResult:
+    event_time = arg_required(args, "event_time")
+    try:
+        parse_iso_datetime(event_time)
+    except ValueError:
+        raise ArgumentError("event_time must be the ISO 8601 Timestamp of the advanced hunting event, e.g. "
+                            f"2024-05-01T10:00:00.1234567Z (got '{event_time}').") from None
+    alert = {
+        "machineId": validate_machine_id(arg_required(args, "machine_id")),
+        "severity": arg_choice(arg_required(args, "severity"), "severity", CREATED_ALERT_SEVERITIES),
+        "title": arg_required(args, "title"),
+        "description": arg_required(args, "description"),
+        "recommendedAction": arg_required(args, "recommended_action"),
+        "eventTime": event_time,  # sent as given: Microsoft matches it to the event exactly
+        "reportId": arg_required(args, "report_id"),
+        "category": arg_choice(args.get("category"), "category", CREATED_ALERT_CATEGORIES, default="None"),
+    }
+    return alerts_result("Alert created", [client.create_alert_by_reference(alert)])
+
+
+def get_alert_related_user_command(client: Client, args: dict) -> CommandResult:
+    alert_id = arg_required(args, "id")
+    record = client.get_alert_user(alert_id)
+    user = to_context(record, "AlertUser")
+    return CommandResult(readable=markdown_table(f"User related to alert {alert_id}", user),
+                         outputs={context_key(f"{CONTEXT_PREFIX}.AlertUser", "AlertID"): {"User": user,
+                                                                                           "AlertID": alert_id}},
+                         raw=record)
+
+
+def get_alert_related_files_command(client: Client, args: dict) -> CommandResult:
+    alert_id = arg_required(args, "id")
+    limit, offset = limit_and_offset(args)  # the endpoint does not page: applied here
+    files = client.list_alert_files(alert_id)[offset:offset + limit]
+    return alert_related_result(f"Files related to alert {alert_id}", alert_id, files, "AlertFile", "Files",
+                                "AlertFile")
+
+
+def get_alert_related_ips_command(client: Client, args: dict) -> CommandResult:
+    alert_id = arg_required(args, "id")
+    limit, offset = limit_and_offset(args)
+    ips = client.list_alert_ips(alert_id)[offset:offset + limit]
+    return alert_related_result(f"IPs related to alert {alert_id}", alert_id, ips, "AlertIP", "IPs", "AlertIP")
+
+
+def get_alert_related_domains_command(client: Client, args: dict) -> CommandResult:
+    alert_id = arg_required(args, "id")
+    limit, offset = limit_and_offset(args)
+    domains = client.list_alert_domains(alert_id)[offset:offset + limit]
+    return alert_related_result(f"Domains related to alert {alert_id}", alert_id, domains, "AlertDomain",
+                                "Domains", "AlertDomain")
+
+
+def get_machine_alerts_command(client: Client, args: dict) -> CommandResult:
+    machine_id = validate_machine_id(arg_required(args, "machine_id"))
+    return alerts_result(f"Alerts of machine {machine_id}", client.list_machine_alerts(machine_id), "MachineAlerts")
+
+
+def get_file_alerts_command(client: Client, args: dict) -> CommandResult:
+    file_hash = arg_required(args, "file_hash")
+    if SHA256.match(file_hash) or MD5.match(file_hash):
+        raise ArgumentError("file_hash must be a SHA-1 hash: Microsoft looks up the alerts of a file by SHA-1 only "
+                            f"(got '{file_hash}'). Find the SHA-1 with !microsoft-atp-get-file-info.")
+    sha1 = validate_sha1(file_hash)
+    return entity_alerts_result(f"Alerts related to file {sha1}", client.list_file_alerts(sha1), "FileAlert",
+                                "Sha1", sha1)
+
+
+def get_ip_alerts_command(client: Client, args: dict) -> CommandResult:
+    ip = validate_ip(arg_required(args, "ip"))
+    return entity_alerts_result(f"Alerts related to IP {ip}", client.list_ip_alerts(ip), "IPAlert", "IPAddress", ip)
+
+
+def get_domain_alerts_command(client: Client, args: dict) -> CommandResult:
+    domain = arg_required(args, "domain")
+    if not DOMAIN_NAME.match(domain):
+        raise ArgumentError(f"domain must be a domain name such as example.com, not a URL (got '{domain}').")
+    return entity_alerts_result(f"Alerts related to domain {domain}", client.list_domain_alerts(domain),
+                                "DomainAlert", "Domain", domain)
+
+
+def get_user_alerts_command(client: Client, args: dict) -> CommandResult:
+    username = arg_required(args, "username")
+    return entity_alerts_result(f"Alerts related to user {username}", client.list_user_alerts(username),
+                                "UserAlert", "Username", username)
+
+
+def list_investigations_command(client: Client, args: dict) -> CommandResult:
+    investigation_id = str(args.get("id") or "").strip()
+    limit, offset = limit_and_offset(args)
+    if investigation_id:
+        investigations = [client.get_investigation(investigation_id)]
+    else:
+        investigations = client.list_investigations(limit=limit, offset=offset)
+    return investigations_result("Automated investigations", investigations)
+
+
+def start_investigation_command(client: Client, args: dict) -> CommandResult:
+    # `timeout` is accepted for older playbooks; requests use the integration's own timeouts and retries.
+    machine_id = validate_machine_id(arg_required(args, "machine_id"))
+    investigation = client.start_investigation(machine_id, arg_required(args, "comment"))
+    return investigations_result(f"Automated investigation started on machine {machine_id}", [investigation])
+
 
 # ---- fetch incidents ---------------------------------------------------------------------------------
+# Deprecated in favour of the Microsoft Graph Security integration (alerts_v2), still fully supported.
+# The cursor is the creation time of the newest alert taken plus the ids taken at or after the window's
+# lower bound; every run re-reads a look-back window so alerts that become visible late are not lost.
+
+FETCH_PAGE_SIZE = MAX_PAGE_SIZE  # read at call time so tests can split results into small pages
+FETCH_ORDER = "alertCreationTime asc"
+INCIDENT_SEVERITY = {"informational": 0.5, "low": 1, "medium": 2, "high": 3}
+# The fetch parameter's options -> Microsoft's detectionSource values (these are accepted as well).
+DETECTION_SOURCES = {
+    "Antivirus": "WindowsDefenderAv",
+    "Automated investigation": "AutomatedInvestigation",
+    "Custom detection": "CustomDetection",
+    "Custom TI": "CustomerTI",
+    "EDR": "WindowsDefenderAtp",
+    "Microsoft 365 Defender": "MTP",
+    "Microsoft Defender for Office 365": "OfficeATP",
+    "Microsoft Defender Experts": "ThreatExperts",
+    "SmartScreen": "WindowsDefenderSmartScreen",
+    "Third-party sensors": "ThirdPartySensors",
+}
+
+
+@dataclass(frozen=True)
+class FetchSettings:
+    first_fetch: datetime
+    max_fetch: int
+    lookback: timedelta
+    statuses: list[str]
+    severities: list[str]
+    detection_sources: list[str]
+    evidence: bool
+
+
+def fetch_settings_from_params(params: dict, now: datetime | None = None) -> FetchSettings:
+    sources = arg_choices(params.get("fetch_detectionsource"), "fetch_detectionsource (DetectionSource)",
+                          [*DETECTION_SOURCES, *DETECTION_SOURCES.values()])
+    lookback = arg_to_int(params.get("fetch_lookback_minutes"), "fetch_lookback_minutes (Look-back window)",
+                          default=10, minimum=0, maximum=1440)
+    return FetchSettings(
+        first_fetch=arg_to_datetime(params.get("first_fetch_timestamp") or "3 days",
+                                    "first_fetch_timestamp (First fetch timestamp)", now=now),
+        max_fetch=int(arg_to_int(params.get("max_fetch"), "max_fetch (Maximum number of incidents to fetch)",
+                                 default=50, minimum=1, maximum=10_000)),
+        lookback=timedelta(minutes=int(lookback)),
+        statuses=arg_choices(params.get("fetch_status"), "fetch_status (Status)", ALERT_STATUSES),
+        severities=arg_choices(params.get("fetch_severity"), "fetch_severity (Severity)", ALERT_SEVERITIES),
+        detection_sources=[DETECTION_SOURCES.get(source, source) for source in sources],
+        evidence=arg_to_bool(params.get("fetch_evidence"), "fetch_evidence (Fetch alert evidence)"),
+    )
+
+
+@dataclass(frozen=True)
+class FetchCursor:
+    """Where the next run starts. `time`: creation time of the newest alert taken. `floor`: no alert older than
+    this is fetched again (ids below it are forgotten). `seen`: ids already taken at or after `floor`."""
+
+    time: datetime
+    floor: datetime
+    seen: dict[str, datetime]
+
+    @classmethod
+    def from_last_run(cls, last_run: dict, first_fetch: datetime) -> FetchCursor:
+        if not last_run.get("last_fetch_time"):
+            return cls(first_fetch, first_fetch, {})
+        try:
+            time_ = parse_iso_datetime(str(last_run["last_fetch_time"]))
+            floor = parse_iso_datetime(str(last_run.get("forgotten_before") or last_run["last_fetch_time"]))
+            seen = {str(i): parse_iso_datetime(str(t)) for i, t in (last_run.get("seen_ids") or {}).items()}
+        except (ValueError, AttributeError) as exc:
+            raise IntegrationError(f"The saved fetch state cannot be read ({exc}). Reset the instance's last run to "
+                                   "fetch again from the first fetch time.") from exc
+        # the older integration kept only the ids fetched at its cursor time
+        seen.update({str(i): time_ for i in last_run.get("existing_ids") or [] if str(i) not in seen})
+        return cls(time_, floor, seen)
+
+    def window_start(self, lookback: timedelta) -> datetime:
+        return max(self.time - lookback, self.floor)
+
+    def to_last_run(self) -> dict:
+        return {"last_fetch_time": format_datetime(self.time), "forgotten_before": format_datetime(self.floor),
+                "seen_ids": {alert_id: format_datetime(created) for alert_id, created in self.seen.items()}}
+
+
+def fetch_alerts_filter(cursor: FetchCursor, settings: FetchSettings) -> str:
+    return str(ODataFilter(ALERT_FILTER_FIELDS)
+               .compare("alertCreationTime", "ge", cursor.window_start(settings.lookback))
+               .one_of("status", settings.statuses)
+               .one_of("severity", settings.severities)
+               .one_of("detectionSource", settings.detection_sources)
+               .build())
+
+
+def alert_created(alert: dict, default: datetime) -> datetime:
+    try:
+        return parse_iso_datetime(str(alert["alertCreationTime"]))
+    except (KeyError, ValueError):
+        return default
+
+
+def select_new_alerts(alerts: Iterable[dict], cursor: FetchCursor,
+                      settings: FetchSettings) -> tuple[list[dict], FetchCursor]:
+    """The oldest `max_fetch` alerts not taken before, and the cursor after them. The cursor moves to the newest
+    alert taken, never past one left for the next run (those are at least as new, since the window is read
+    oldest first); ids are forgotten once they fall below the next window."""
+    start = cursor.window_start(settings.lookback)
+    dated = sorted(((alert_created(alert, start), alert) for alert in alerts), key=lambda pair: pair[0])
+    seen, taken, newest = dict(cursor.seen), [], cursor.time
+    for created, alert in dated:
+        alert_id = str(alert.get("id") or "")
+        if not alert_id or alert_id in seen:
+            continue
+        if len(taken) == settings.max_fetch:
+            break
+        taken.append(alert)
+        seen[alert_id] = created
+        newest = max(newest, created)
+    floor = max(newest - settings.lookback, cursor.floor)
+    return taken, FetchCursor(newest, floor, {i: created for i, created in seen.items() if created >= floor})
+
+
+def alert_to_incident(alert: dict) -> dict:
+    return {
+        "name": f"Microsoft Defender for Endpoint Alert {alert.get('id')}: {alert.get('title') or 'untitled'}",
+        "occurred": alert.get("alertCreationTime"),
+        "severity": INCIDENT_SEVERITY.get(str(alert.get("severity") or "").lower(), 0),
+        "rawJSON": json.dumps(alert),
+        "dbotMirrorId": str(alert.get("id")),
+    }
+
+
+def fetch_incidents_command(client: Client, params: dict) -> None:
+    settings = fetch_settings_from_params(params)
+    cursor = FetchCursor.from_last_run(demisto.getLastRun() or {}, settings.first_fetch)
+    # Every remembered id lies inside the window, so this many alerts always hold max_fetch new ones (if any).
+    alerts = client.list_alerts(odata_filter=fetch_alerts_filter(cursor, settings), order_by=FETCH_ORDER,
+                                limit=settings.max_fetch + len(cursor.seen), expand_evidence=settings.evidence,
+                                page_size=FETCH_PAGE_SIZE)
+    taken, next_cursor = select_new_alerts(alerts, cursor, settings)
+    log_debug(f"fetch-incidents: read {len(alerts)} alerts, {len(taken)} new; cursor "
+              f"{format_datetime(next_cursor.time)}, {len(next_cursor.seen)} ids remembered")
+    demisto.incidents([alert_to_incident(alert) for alert in taken])
+    demisto.setLastRun(next_cursor.to_last_run())  # only after success: a failed run resumes from the old cursor
 
 
 # ============================================================================================
@@ -1273,7 +2383,48 @@ COMMANDS: dict[str, Command] = {
     "microsoft-atp-auth-reset": Command(auth_reset_command),
     "microsoft-atp-list-auth-permissions": Command(list_auth_permissions_command),
     # ---- machines and machine actions (table) ----
+    "microsoft-atp-get-machines": Command(get_machines_command, MACHINE_READ),
+    "microsoft-atp-get-machine-details": Command(get_machine_details_command, MACHINE_READ),
+    "microsoft-atp-get-machine-by-ip": Command(get_machine_by_ip_command, MACHINE_READ),
+    "microsoft-atp-get-machine-users": Command(get_machine_users_command, ("User.Read.All",)),
+    "microsoft-atp-add-remove-machine-tag": Command(add_remove_machine_tag_command, ("Machine.ReadWrite.All",)),
+    "microsoft-atp-get-file-related-machines": Command(get_file_related_machines_command, MACHINE_READ),
+    "microsoft-atp-get-domain-machines": Command(get_domain_machines_command, MACHINE_READ),
+    "microsoft-atp-get-user-machines": Command(get_user_machines_command, MACHINE_READ),
+    "endpoint": Command(endpoint_command, MACHINE_READ),
+    "microsoft-atp-isolate-machine": Command(isolate_machine_command, ("Machine.Isolate",)),
+    "microsoft-atp-unisolate-machine": Command(unisolate_machine_command, ("Machine.Isolate",)),
+    "microsoft-atp-run-antivirus-scan": Command(run_antivirus_scan_command, ("Machine.Scan",)),
+    "microsoft-atp-restrict-app-execution": Command(restrict_app_execution_command, ("Machine.RestrictExecution",)),
+    "microsoft-atp-remove-app-restriction": Command(remove_app_restriction_command, ("Machine.RestrictExecution",)),
+    "microsoft-atp-stop-and-quarantine-file": Command(stop_and_quarantine_file_command,
+                                                      ("Machine.StopAndQuarantine",)),
+    "microsoft-atp-collect-investigation-package": Command(collect_investigation_package_command,
+                                                           ("Machine.CollectForensics",)),
+    "microsoft-atp-get-investigation-package-sas-uri": Command(get_investigation_package_sas_uri_command,
+                                                               MACHINE_READ),
+    "microsoft-atp-request-and-download-investigation-package": Command(
+        request_and_download_investigation_package_command, ("Machine.CollectForensics",)),
+    "microsoft-atp-offboard-machine": Command(offboard_machine_command, ("Machine.Offboard",)),
+    "microsoft-atp-list-machine-actions-details": Command(list_machine_actions_details_command, MACHINE_READ),
+    "microsoft-atp-cancel-machine-action": Command(cancel_machine_action_command, ACTION_ROLES),
     # ---- alerts and investigations (table) ----
+    "microsoft-atp-list-alerts": Command(list_alerts_command, ALERT_READ),
+    "microsoft-atp-get-alert-by-id": Command(get_alert_by_id_command, ALERT_READ),
+    "microsoft-atp-update-alert": Command(update_alert_command, ("Alert.ReadWrite.All",)),
+    "microsoft-atp-create-alert": Command(create_alert_command, ("Alert.ReadWrite.All",)),
+    "microsoft-atp-get-alert-related-user": Command(get_alert_related_user_command, ("User.Read.All",)),
+    "microsoft-atp-get-alert-related-files": Command(get_alert_related_files_command, ("File.Read.All",)),
+    "microsoft-atp-get-alert-related-ips": Command(get_alert_related_ips_command, ("Ip.Read.All",)),
+    "microsoft-atp-get-alert-related-domains": Command(get_alert_related_domains_command, ("URL.Read.All",)),
+    "microsoft-atp-get-machine-alerts": Command(get_machine_alerts_command, ALERT_READ),
+    "microsoft-atp-get-file-alerts": Command(get_file_alerts_command, ALERT_READ),
+    "microsoft-atp-get-ip-alerts": Command(get_ip_alerts_command, ALERT_READ),
+    "microsoft-atp-get-domain-alerts": Command(get_domain_alerts_command, ALERT_READ),
+    "microsoft-atp-get-user-alerts": Command(get_user_alerts_command, ALERT_READ),
+    "microsoft-atp-list-investigations": Command(list_investigations_command, ALERT_READ),
+    "microsoft-atp-start-investigation": Command(start_investigation_command, ("Alert.ReadWrite.All",)),
+    "fetch-incidents": Command(fetch_incidents_command, ALERT_READ, takes_params=True),
 }
 
 
