@@ -835,6 +835,10 @@ class Client:
             skip += len(items)
         log_debug(f"GET {path}: stopped after {MAX_PAGES} pages")
 
+    def get_values(self, path: str) -> list[dict]:
+        """GET an endpoint that answers `{"value": [...]}` in one response (no paging)."""
+        return (self.request("GET", path) or {}).get("value") or []
+
     def download(self, url: str) -> bytes:
         """Fetches a short-lived download link (no bearer token: the link carries its own signature)."""
         try:
@@ -869,23 +873,22 @@ class Client:
         return self.request("GET", f"machines/{machine_id}")
 
     def find_machines_by_ip(self, ip: str, timestamp: datetime) -> list[dict]:
-        body = self.request("GET", f"machines/findbyip(ip='{ip}',timestamp={format_datetime(timestamp)})")
-        return (body or {}).get("value") or []
+        return self.get_values(f"machines/findbyip(ip='{ip}',timestamp={format_datetime(timestamp)})")
 
     def list_machine_logon_users(self, machine_id: str) -> list[dict]:
-        return (self.request("GET", f"machines/{machine_id}/logonusers") or {}).get("value") or []
+        return self.get_values(f"machines/{machine_id}/logonusers")
 
     def tag_machine(self, machine_id: str, tag: str, action: str) -> dict:
         return self.request("POST", f"machines/{machine_id}/tags", json_body={"Value": tag, "Action": action})
 
     def list_file_machines(self, sha1: str) -> list[dict]:
-        return (self.request("GET", f"files/{sha1}/machines") or {}).get("value") or []
+        return self.get_values(f"files/{sha1}/machines")
 
     def list_domain_machines(self, domain: str) -> list[dict]:
-        return (self.request("GET", f"domains/{quote(domain, safe='')}/machines") or {}).get("value") or []
+        return self.get_values(f"domains/{segment(domain)}/machines")
 
     def list_user_machines(self, username: str) -> list[dict]:
-        return (self.request("GET", f"users/{quote(username, safe='')}/machines") or {}).get("value") or []
+        return self.get_values(f"users/{segment(username)}/machines")
 
     def isolate_machine(self, machine_id: str, comment: str, isolation_type: str) -> dict:
         return self.request("POST", f"machines/{machine_id}/isolate",
@@ -929,46 +932,46 @@ class Client:
 
     def get_alert(self, alert_id: str, *, expand_evidence: bool = False) -> dict:
         params = {"$expand": "evidence"} if expand_evidence else None
-        return self.request("GET", f"alerts/{quote(alert_id, safe='')}", params=params) or {}
+        return self.request("GET", f"alerts/{segment(alert_id)}", params=params) or {}
 
     def update_alert(self, alert_id: str, changes: dict) -> dict:
-        return self.request("PATCH", f"alerts/{quote(alert_id, safe='')}", json_body=changes) or {}
+        return self.request("PATCH", f"alerts/{segment(alert_id)}", json_body=changes) or {}
 
     def create_alert_by_reference(self, alert: dict) -> dict:
         return self.request("POST", "alerts/CreateAlertByReference", json_body=alert) or {}
 
     def get_alert_user(self, alert_id: str) -> dict:
-        return self.request("GET", f"alerts/{quote(alert_id, safe='')}/user") or {}
+        return self.request("GET", f"alerts/{segment(alert_id)}/user") or {}
 
     def list_alert_files(self, alert_id: str) -> list[dict]:
-        return (self.request("GET", f"alerts/{quote(alert_id, safe='')}/files") or {}).get("value") or []
+        return self.get_values(f"alerts/{segment(alert_id)}/files")
 
     def list_alert_ips(self, alert_id: str) -> list[dict]:
-        return (self.request("GET", f"alerts/{quote(alert_id, safe='')}/ips") or {}).get("value") or []
+        return self.get_values(f"alerts/{segment(alert_id)}/ips")
 
     def list_alert_domains(self, alert_id: str) -> list[dict]:
-        return (self.request("GET", f"alerts/{quote(alert_id, safe='')}/domains") or {}).get("value") or []
+        return self.get_values(f"alerts/{segment(alert_id)}/domains")
 
     def list_file_alerts(self, sha1: str) -> list[dict]:
-        return (self.request("GET", f"files/{sha1}/alerts") or {}).get("value") or []
+        return self.get_values(f"files/{sha1}/alerts")
 
     def list_ip_alerts(self, ip: str) -> list[dict]:
-        return (self.request("GET", f"ips/{quote(ip, safe='')}/alerts") or {}).get("value") or []
+        return self.get_values(f"ips/{segment(ip)}/alerts")
 
     def list_domain_alerts(self, domain: str) -> list[dict]:
-        return (self.request("GET", f"domains/{quote(domain, safe='')}/alerts") or {}).get("value") or []
+        return self.get_values(f"domains/{segment(domain)}/alerts")
 
     def list_user_alerts(self, username: str) -> list[dict]:
-        return (self.request("GET", f"users/{quote(username, safe='')}/alerts") or {}).get("value") or []
+        return self.get_values(f"users/{segment(username)}/alerts")
 
     def list_machine_alerts(self, machine_id: str) -> list[dict]:
-        return (self.request("GET", f"machines/{machine_id}/alerts") or {}).get("value") or []
+        return self.get_values(f"machines/{machine_id}/alerts")
 
     def list_investigations(self, *, limit: int | None = None, offset: int = 0) -> list[dict]:
         return list(self.paginate("investigations", limit=limit, offset=offset))
 
     def get_investigation(self, investigation_id: str) -> dict:
-        return self.request("GET", f"investigations/{quote(investigation_id, safe='')}") or {}
+        return self.request("GET", f"investigations/{segment(investigation_id)}") or {}
 
     def start_investigation(self, machine_id: str, comment: str) -> dict:
         return self.request("POST", f"machines/{machine_id}/startInvestigation", json_body={"Comment": comment}) or {}
@@ -976,6 +979,11 @@ class Client:
 
 def _quote_odata(value: str, safe: str = "", encoding: str | None = None, errors: str | None = None) -> str:
     return quote(value, safe="$'(),:/", encoding=encoding, errors=errors)
+
+
+def segment(value: str) -> str:
+    """A value placed in a URL path, percent-encoded (IPv6 colons, quotes, slashes)."""
+    return quote(str(value), safe="")
 
 
 def _display_path(url: str) -> str:
