@@ -19,7 +19,7 @@ lint: venv
 	$(BIN)/ruff check .
 
 test: venv lint
-	$(BIN)/python -m pytest --cov=MicrosoftDefenderForEndpoint --cov-report=term-missing:skip-covered $(PYTEST_ARGS)
+	$(BIN)/python -m pytest --cov=MicrosoftDefenderForEndpoint --cov-report=term-missing:skip-covered --cov-fail-under=90 $(PYTEST_ARGS)
 
 demo: venv
 	$(BIN)/python -m lab.demo

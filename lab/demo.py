@@ -14,6 +14,7 @@ from pathlib import Path
 from urllib.parse import parse_qs, urlparse
 
 import requests
+import yaml
 
 from lab.emulator import Emulator
 from lab.instances import cli_env, set_auth_code, write_instances
@@ -57,7 +58,7 @@ def sign_in(login_url: str, ca_bundle: str) -> str:
 def tour(emulator: Emulator, workdir: Path) -> None:
     ready = emulator.ready
     instances = write_instances(ready, workdir / "instances")
-    mde = Mde(state_dir=workdir / "state", env=cli_env(ready), output_dir=workdir / "files")
+    mde = Mde(state_dir=workdir / "state", env={**cli_env(ready), "COLUMNS": "150"}, output_dir=workdir / "files")
     t = Tour(mde, instances)
     print(f"Emulator of Entra ID, the XSOAR app service, IMDS and the Defender API at {ready['base_url']}")
     print(f"Instance files: {instances['client-credentials'].parent.relative_to(REPO)}/")
@@ -79,10 +80,38 @@ def tour(emulator: Emulator, workdir: Path) -> None:
     t.step("List machines")
     t.run("client-credentials", "microsoft-atp-get-machines", "page_size=5")
     for highlight in HIGHLIGHTS:
-        highlight(t, mde, ready)
+        highlight(t, ready)
 
 
-HIGHLIGHTS: list = []  # later tour steps: (tour, mde, ready) -> None
+def respond_to_a_host(t: Tour, ready: dict) -> None:
+    t.step("Find a host by name, isolate it and wait until Microsoft reports Succeeded, then release it")
+    found = json.loads(t.run("client-credentials", "microsoft-atp-get-machines", "os_platform=Windows11",
+                             "page_size=1", options=("--json",)))
+    machine = found["MicrosoftATP.Machine"]
+    machine = machine[0] if isinstance(machine, list) else machine
+    hostname = machine["ComputerDNSName"].split(".")[0]
+    t.run("client-credentials", "microsoft-atp-get-machines", f"hostname={hostname}")
+    polling = ("--poll-interval-override", "1")
+    t.run("client-credentials", "microsoft-atp-isolate-machine", f"machine_id={machine['ID']}",
+          "comment=Contain while IR-1042 is investigated", "isolation_type=Full", options=polling)
+    t.run("client-credentials", "microsoft-atp-unisolate-machine", f"machine_id={machine['ID']}",
+          "comment=IR-1042 closed", options=polling)
+
+
+def alerts_and_fetch(t: Tour, ready: dict) -> None:
+    t.step("Alerts, and fetching them as incidents (nothing fetched twice, nothing lost)")
+    t.run("client-credentials", "microsoft-atp-list-alerts", "severity=High", "limit=5")
+    fetcher = t.instances["client-credentials"].with_name("fetcher.yml")
+    document = yaml.safe_load(t.instances["client-credentials"].read_text())
+    document["name"] = "fetcher"
+    document["params"].update({"isFetch": True, "max_fetch": "20", "first_fetch_timestamp": "30 days"})
+    fetcher.write_text(yaml.safe_dump(document, sort_keys=False))
+    t.instances["fetcher"] = fetcher
+    t.run("fetcher", "fetch")
+    t.run("fetcher", "fetch")
+
+
+HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch]
 
 
 def main() -> int:

@@ -52,13 +52,14 @@ def test_demistomock_delegates_to_the_installed_runtime():
     assert runtime.current() is not rt
 
 
-def test_demistomock_logs_to_stderr_only(capsys):
+def test_demistomock_logs_to_stderr_only_when_verbose(capsys):
     with runtime.use(runtime.Runtime()):
         demistomock.debug("quiet")
         demistomock.info("quiet too")
-        demistomock.error("loud")
+        demistomock.error("quiet as well: the error entry tells the user")
     with runtime.use(runtime.Runtime(verbose=True)):
         demistomock.debug("now shown")
+        demistomock.error("loud")
     out, err = capsys.readouterr()
     assert out == ""
     assert "loud" in err and "now shown" in err and "quiet" not in err

@@ -74,7 +74,8 @@ class Runtime:
 
     # -- logging: stderr only, so stdout stays the command's output
     def log(self, level: str, message: object) -> None:
-        if level == "error" or self.verbose:
+        # Like XSOAR's server log: shown with --verbose only. Errors reach the user as error entries.
+        if self.verbose:
             print(f"[{level}] {message}", file=sys.stderr)
 
 
