@@ -93,3 +93,11 @@ def test_every_command_that_calls_the_api_declares_its_permissions():
                   "microsoft-atp-list-auth-permissions"}
     for name, spec in mde.COMMANDS.items():
         assert bool(spec.roles) != (name in local_only), name
+
+
+def test_command_reference_is_generated_from_the_current_yml():
+    from xsoar_local.docs import command_reference
+    from xsoar_local.yml import load_integration
+
+    generated = command_reference(load_integration(ROOT / "MicrosoftDefenderForEndpoint.yml"))
+    assert (ROOT / "docs" / "commands.md").read_text() == generated, "docs/commands.md is stale: run `make docs`"
