@@ -222,7 +222,7 @@ def resolve_cloud(params: dict) -> Cloud:
     if endpoint_type == CUSTOM_CLOUD:
         if not url:
             raise ConfigurationError("Endpoint Type is 'Custom' but no Server URL is set. Enter the Defender API URL "
-                                     "in Server URL (e.g. https://api.securitycenter.microsoft.com).")
+                                     f"in Server URL (e.g. {CLOUDS['Worldwide'].api_base}).")
         login = str(params.get("login_url") or "").strip().rstrip("/") or _COMMERCIAL_LOGIN
         return Cloud(login, url, _COMMERCIAL_SCOPE, CLOUDS["Worldwide"].mi_resource)
     if endpoint_type not in CLOUDS:
@@ -545,6 +545,10 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+MANAGED_IDENTITY_HINT = ("Azure Managed Identities work only when the integration runs on an Azure resource that "
+                         "has a managed identity assigned (for a user-assigned one, set its client ID).")
+
+
 class ManagedIdentityProvider(TokenProvider):
     flow = FLOW_MANAGED_IDENTITY
 
@@ -557,9 +561,11 @@ class ManagedIdentityProvider(TokenProvider):
         try:
             result = client.acquire_token_for_client(resource=self.settings.cloud.mi_resource)
         except requests.RequestException as exc:
-            raise AuthError("Could not reach the Azure managed-identity endpoint. Azure Managed Identities work only "
-                            "when this integration runs on an Azure resource with a managed identity assigned "
-                            f"(error: {type(exc).__name__}).") from exc
+            raise AuthError(f"Could not reach the Azure managed-identity endpoint ({type(exc).__name__}). "
+                            + MANAGED_IDENTITY_HINT) from exc
+        except ValueError as exc:  # something that is not IMDS answered (e.g. a proxy's error page)
+            raise AuthError("The Azure managed-identity endpoint did not answer with a token. "
+                            + MANAGED_IDENTITY_HINT) from exc
         token, expires_in, _ = self._token_from(result, "the managed-identity token request")
         return token, expires_in, None
 

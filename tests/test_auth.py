@@ -318,6 +318,12 @@ def test_managed_identity_system_and_user_assigned(xsoar, requests_mock, client_
     assert query.get("client_id") == ([client_id] if client_id else None)
 
 
+def test_managed_identity_answer_that_is_not_a_token_is_explained(xsoar, requests_mock):
+    requests_mock.get(IMDS, status_code=403, text="resolve_deny: denied destination")
+    run = xsoar.run("microsoft-atp-test", params={"auth_flow": "Azure Managed Identities"})
+    assert "did not answer with a token" in run.error and "Azure resource" in run.error
+
+
 def test_managed_identity_off_azure_fails_fast_and_clearly(xsoar, requests_mock):
     requests_mock.get(IMDS, exc=requests.exceptions.ConnectTimeout)
     run = xsoar.run("microsoft-atp-test", params={"auth_flow": "Azure Managed Identities"})
@@ -441,3 +447,25 @@ def test_unexpected_exception_becomes_an_error_entry_without_secrets(xsoar, requ
     run = xsoar.run("microsoft-atp-test")
     assert run.error.startswith("Failed to execute microsoft-atp-test: RuntimeError: boom")
     assert_no_secret(run, CLIENT_SECRET)
+
+
+@pytest.mark.parametrize("endpoint_type, login, api_base, scope", CLOUD_CASES)
+def test_every_flow_uses_the_clouds_hosts(xsoar, requests_mock, endpoint_type, login, api_base, scope):
+    """Managed identity asks for the cloud's API resource, oproxy tokens reach the cloud's API host, and
+    the authorization-code login URL points at the cloud's login host."""
+    imds = requests_mock.get(IMDS, json={"access_token": make_jwt(), "expires_in": "3599"})
+    requests_mock.post(mde.OPROXY_URL, json={"access_token": make_jwt(), "expires_in": 3595})
+    alerts = requests_mock.get(f"{api_base}/api/alerts", json={"value": []})
+
+    assert xsoar.run("microsoft-atp-test", params={"auth_flow": "Azure Managed Identities",
+                                                   "endpoint_type": endpoint_type}).errors == []
+    assert parse_qs(urlparse(imds.last_request.url).query)["resource"] == [mde.CLOUDS[endpoint_type].mi_resource]
+    assert urlparse(mde.CLOUDS[endpoint_type].mi_resource).netloc.split(".", 1)[1] == urlparse(api_base).netloc.split(
+        ".", 1)[1]
+    assert xsoar.run("microsoft-atp-test", params={**oproxy_params(), "endpoint_type": endpoint_type}).errors == []
+    assert alerts.call_count == 2
+
+    login_url = xsoar.run("microsoft-atp-generate-login-url", params={
+        **auth_code_params(), "endpoint_type": endpoint_type}).entry["Contents"]["login_url"]
+    assert login_url.startswith(f"{login}/{TENANT}/oauth2/v2.0/authorize?")
+    assert parse_qs(urlparse(login_url).query)["scope"] == [f"offline_access {scope}"]
