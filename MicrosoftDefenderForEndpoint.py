@@ -1389,7 +1389,10 @@ def check_connection(client: Client) -> None:
     client.list_alerts(limit=1)
 
 
-def test_module_command(client: Client, args: dict) -> str:
+def test_module_command(client: Client, params: dict) -> str:
+    """The Test button: the connection, and the fetch settings when fetching is on."""
+    if arg_to_bool(params.get("isFetch"), "isFetch (Fetch incidents)"):
+        fetch_settings_from_params(params)
     if client.provider.flow == FLOW_AUTH_CODE:
         # The Test button's run does not keep the integration context, so exchanging the one-time
         # code here would burn it. Explain the steps instead.
@@ -2391,7 +2394,7 @@ class Command:
 ALERT_READ = ("Alert.Read.All", "Alert.ReadWrite.All")
 
 COMMANDS: dict[str, Command] = {
-    "test-module": Command(test_module_command, ALERT_READ),
+    "test-module": Command(test_module_command, ALERT_READ, takes_params=True),
     "microsoft-atp-test": Command(test_connection_command, ALERT_READ),
     "microsoft-atp-generate-login-url": Command(generate_login_url_command),
     "microsoft-atp-auth-reset": Command(auth_reset_command),

@@ -469,3 +469,11 @@ def test_every_flow_uses_the_clouds_hosts(xsoar, requests_mock, endpoint_type, l
         **auth_code_params(), "endpoint_type": endpoint_type}).entry["Contents"]["login_url"]
     assert login_url.startswith(f"{login}/{TENANT}/oauth2/v2.0/authorize?")
     assert parse_qs(urlparse(login_url).query)["scope"] == [f"offline_access {scope}"]
+
+
+def test_test_module_checks_fetch_settings_when_fetching(xsoar, requests_mock):
+    mock_entra(requests_mock)
+    requests_mock.get(f"{API}/alerts", json={"value": []})
+    run = xsoar.run("test-module", params=client_credentials_params(isFetch=True, max_fetch="0"))
+    assert "max_fetch" in run.error and "at least 1" in run.error
+    assert xsoar.run("test-module", params=client_credentials_params(isFetch=True, max_fetch="20")).results == ["ok"]
