@@ -4,6 +4,7 @@ for the scenarios users run most, through the `mde` CLI against the emulator."""
 from __future__ import annotations
 
 import json
+import resource
 import shutil
 import sys
 import time
@@ -27,6 +28,7 @@ class Outcome:
     runs: int = 0
     failures: int = 0
     seconds: float = 0.0
+    cpu_seconds: float = 0.0  # user + system time of the CLI processes
     requests: dict[str, int] = field(default_factory=dict)
     tokens: int = 0
     throttled: int = 0
@@ -46,9 +48,10 @@ class Bench:
     def scenario(self, name: str, body: Callable[[Outcome], None]) -> Outcome:
         self.emulator.reset_counters()
         outcome = Outcome(name)
-        started = time.monotonic()
+        started, cpu_started = time.monotonic(), children_cpu_seconds()
         body(outcome)
         outcome.seconds = time.monotonic() - started
+        outcome.cpu_seconds = children_cpu_seconds() - cpu_started
         counters = self.emulator.counters()
         outcome.requests = {k: v for k, v in counters["requests"].items() if v and "/api/" in k}
         outcome.tokens = sum(counters["token_requests"].values())
@@ -62,6 +65,12 @@ class Bench:
             outcome.failures += 1
             outcome.notes.append(result.stderr.strip().splitlines()[-1][:200] if result.stderr.strip() else "failed")
         return result.stdout
+
+
+def children_cpu_seconds() -> float:
+    """CPU time of finished child processes (the CLI runs; the emulator is still running and not counted)."""
+    usage = resource.getrusage(resource.RUSAGE_CHILDREN)
+    return usage.ru_utime + usage.ru_stime
 
 
 def add_params(instance: Path, params: dict) -> None:
@@ -168,12 +177,13 @@ def fetch_backlog(bench: Bench, backlog: int, max_fetch: int) -> Outcome:
 
 def report(outcomes: list[Outcome]) -> bool:
     ok = True
-    print(f"\n{'scenario':<48} {'runs':>5} {'fail':>5} {'tokens':>6} {'429s':>5} {'time':>8}  API requests")
-    print("-" * 110)
+    print(f"\n{'scenario':<48} {'runs':>5} {'fail':>5} {'tokens':>6} {'429s':>5} {'time':>8} {'CLI CPU':>8}  "
+          "API requests")
+    print("-" * 120)
     for o in outcomes:
         requests_text = ", ".join(f"{k} ×{v}" for k, v in sorted(o.requests.items()))
-        print(f"{o.name:<48} {o.runs:>5} {o.failures:>5} {o.tokens:>6} {o.throttled:>5} {o.seconds:>7.1f}s  "
-              f"{requests_text}")
+        print(f"{o.name:<48} {o.runs:>5} {o.failures:>5} {o.tokens:>6} {o.throttled:>5} {o.seconds:>7.1f}s "
+              f"{o.cpu_seconds:>7.1f}s  {requests_text}")
         for note in o.notes:
             print(f"{'':<50}· {note}")
         for label, passed in o.checks:
