@@ -1551,26 +1551,48 @@ def network_interfaces(ip_addresses: list[dict]) -> list[dict]:
     return list(by_mac.values())
 
 
-def endpoint_context(machine: dict) -> dict:
-    """The standard Endpoint context. IsIsolated is left out: the machine record does not say."""
+def endpoint_context(machine: dict, isolated: bool | None = None) -> dict:
+    """The standard Endpoint context; `isolated` comes from the machine's action history (see isolation_states)."""
     last_ip = machine.get("lastIpAddress")
     macs = [(a.get("ipAddress"), a.get("macAddress")) for a in machine.get("ipAddresses") or [] if a.get("macAddress")]
     mac = next((m for ip, m in macs if ip == last_ip), macs[0][1] if macs else None)
     endpoint = {"ID": machine.get("id"), "Hostname": machine.get("computerDnsName"), "IPAddress": last_ip,
                 "OS": machine.get("osPlatform"), "OSVersion": machine.get("version") or machine.get("osVersion"),
                 "Status": "Online" if str(machine.get("healthStatus")).lower() == "active" else "Offline",
-                "MACAddress": mac, "Vendor": VENDOR}
+                "MACAddress": mac, "IsIsolated": isolated, "Vendor": VENDOR}
     return {key: value for key, value in endpoint.items() if value is not None}
 
 
-def machines_result(title: str, machines: list[dict], *, endpoints: bool = False,
+ISOLATION_LOOKUP_BATCH = 50  # machines per machineactions request, to keep the filter short
+
+
+def isolation_states(client: Client, machine_ids: list[str]) -> dict[str, bool]:
+    """Whether each machine is isolated. The machine record does not say, so this reads the newest succeeded
+    Isolate or Unisolate action of each machine: one request per 50 machines. Empty when it cannot be read."""
+    states = dict.fromkeys((machine_id.lower() for machine_id in machine_ids), False)
+    try:
+        for start in range(0, len(machine_ids), ISOLATION_LOOKUP_BATCH):
+            odata = (ODataFilter(MACHINE_ACTION_FILTER_FIELDS)
+                     .one_of("machineId", machine_ids[start:start + ISOLATION_LOOKUP_BATCH])
+                     .one_of("type", ("Isolate", "Unisolate")).eq("status", "Succeeded"))
+            for action in sorted(client.list_machine_actions(odata_filter=odata.build()), key=_created):
+                states[str(action.get("machineId")).lower()] = action.get("type") == "Isolate"
+    except ApiError as exc:
+        log_debug(f"Isolation state not available: {exc}")
+        return {}
+    return states
+
+
+def machines_result(title: str, machines: list[dict], *, isolation: dict[str, bool] | None = None,
                     failed: Failures | None = None, label: str = "Machine ID") -> CommandResult:
+    """Machines in context and a table; with `isolation` (machine id -> isolated) also the Endpoint context."""
     contexts = [machine_context(machine) for machine in machines]
     outputs: dict[str, Any] = {}
     if contexts:
         outputs[context_key(MACHINE_PATH)] = contexts
-        if endpoints:
-            outputs[ENDPOINT_KEY] = [endpoint_context(machine) for machine in machines]
+        if isolation is not None:
+            outputs[ENDPOINT_KEY] = [endpoint_context(machine, isolation.get(str(machine.get("id")).lower()))
+                                     for machine in machines]
     readable = markdown_table(title, contexts, MACHINE_HEADERS) + failures_readable(failed or [], label)
     return CommandResult(readable, outputs, raw=machines)
 
@@ -1622,7 +1644,7 @@ def endpoint_command(client: Client, args: dict) -> CommandResult:
     if not (ids or ips or hostnames):
         raise ArgumentError("endpoint needs at least one of id, ip or hostname.")
     machines = client.list_machines(odata_filter=endpoint_filter(ids, ips, hostnames))
-    return machines_result("Endpoints", machines, endpoints=True)
+    return machines_result("Endpoints", machines, isolation=isolation_states(client, [m["id"] for m in machines]))
 
 
 def get_machine_by_ip_command(client: Client, args: dict) -> CommandResult:
@@ -1637,7 +1659,8 @@ def get_machine_by_ip_command(client: Client, args: dict) -> CommandResult:
     machines = client.find_machines_by_ip(ip, timestamp)
     if not all_results:
         machines = machines[:limit]
-    return machines_result(f"Machines that used {ip} around {format_datetime(timestamp)}", machines, endpoints=True)
+    return machines_result(f"Machines that used {ip} around {format_datetime(timestamp)}", machines,
+                           isolation=isolation_states(client, [m["id"] for m in machines]))
 
 
 def get_machine_details_command(client: Client, args: dict) -> CommandResult:

@@ -27,6 +27,12 @@ def actions_in(ctx: dict) -> list[dict]:
     return value if isinstance(value, list) else [value]
 
 
+def endpoint(lab, machine_id: str) -> dict:
+    ctx = context(lab.mde.run(lab.instances["client-credentials"], "endpoint", f"id={machine_id}", options=("--json",)))
+    found = ctx["Endpoint"]
+    return found[0] if isinstance(found, list) else found
+
+
 @pytest.fixture(scope="module")
 def windows_machine(lab):
     """A Windows machine found the way an analyst would: by hostname prefix."""
@@ -49,12 +55,14 @@ def test_isolate_polls_until_succeeded_then_release(lab, windows_machine):
     final = actions_in(context(isolated))
     assert [a["Status"] for a in final if a["MachineID"] == machine_id][-1] == "Succeeded"
     assert lab.emulator.admin("GET", f"machines/{machine_id}")["state"]["isolation"] == "Isolated"
+    assert endpoint(lab, machine_id)["IsIsolated"] is True
 
     released = lab.mde.run(instance, "microsoft-atp-unisolate-machine", f"machine_id={machine_id}",
                            "comment=e2e release", options=FAST_POLLING)
     assert released.returncode == 0, released.stderr
     assert "Succeeded" in released.stdout
     assert lab.emulator.admin("GET", f"machines/{machine_id}")["state"]["isolation"] == "NotIsolated"
+    assert endpoint(lab, machine_id)["IsIsolated"] is False
 
 
 def test_an_action_already_pending_is_reused_not_duplicated(lab, windows_machine):

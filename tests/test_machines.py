@@ -64,8 +64,14 @@ def machine_context(machine_id: str = MID, **overrides) -> dict:
 
 def endpoint_context(machine_id: str = MID, **overrides) -> dict:
     return {"ID": machine_id, "Hostname": "desktop-1.contoso.com", "IPAddress": "10.0.0.5", "OS": "Windows10",
-            "OSVersion": "22H2", "Status": "Online", "MACAddress": "001122334455", "Vendor": "Microsoft Defender ATP",
-            **overrides}
+            "OSVersion": "22H2", "Status": "Online", "MACAddress": "001122334455", "IsIsolated": False,
+            "Vendor": "Microsoft Defender ATP", **overrides}
+
+
+@pytest.fixture(autouse=True)
+def no_isolation_history(requests_mock):
+    """endpoint and get-machine-by-ip read the machines' isolate/unisolate history; by default there is none."""
+    return requests_mock.get(f"{API}/machineactions", json={"value": []})
 
 
 def query(request) -> dict[str, list[str]]:
@@ -320,6 +326,33 @@ def test_endpoint_with_one_hostname(xsoar, requests_mock):
     assert query(api.last_request)["$filter"] == [
         "(computerDnsName eq 'desktop-1') or (startswith(computerDnsName,'desktop-1.'))"]
     assert run.context == {}
+
+
+def test_endpoint_reads_isolation_from_the_newest_succeeded_action(xsoar, requests_mock):
+    requests_mock.get(f"{API}/machines", json={"value": [machine(), machine(MID2)]})
+    history = requests_mock.get(f"{API}/machineactions", json={"value": [
+        {"id": "a2", "machineId": MID, "type": "Unisolate", "status": "Succeeded",
+         "creationDateTimeUtc": "2024-05-02T10:00:00Z"},
+        {"id": "a1", "machineId": MID, "type": "Isolate", "status": "Succeeded",
+         "creationDateTimeUtc": "2024-05-01T10:00:00Z"},
+        {"id": "a3", "machineId": MID2, "type": "Isolate", "status": "Succeeded",
+         "creationDateTimeUtc": "2024-05-03T10:00:00Z"},
+    ]})
+
+    run = xsoar.run("endpoint", args={"id": f"{MID},{MID2}"})
+
+    assert query(history.last_request)["$filter"] == [
+        f"machineId in ('{MID}', '{MID2}') and type in ('Isolate', 'Unisolate') and status eq 'Succeeded'"]
+    assert [e["IsIsolated"] for e in run.context[ENDPOINT_KEY]] == [False, True]
+
+
+def test_endpoint_without_action_history_access_leaves_isolation_out(xsoar, requests_mock):
+    requests_mock.get(f"{API}/machines", json={"value": [machine()]})
+    requests_mock.get(f"{API}/machineactions", status_code=403, json={"error": {"code": "Forbidden", "message": "no"}})
+
+    run = xsoar.run("endpoint", args={"id": MID})
+
+    assert "IsIsolated" not in run.context[ENDPOINT_KEY][0]
 
 
 def test_endpoint_with_only_an_id(xsoar, requests_mock):
