@@ -511,9 +511,11 @@ class AuthorizationCodeProvider(MsalConfidentialProvider):
         if refresh_token:
             REDACT.add(refresh_token)
             result = self.app.acquire_token_by_refresh_token(refresh_token, scopes=self.scopes)
-            if "access_token" not in result and state.get("current_refresh_token") != refresh_token:
-                result = self.app.acquire_token_by_refresh_token(self.store.load()["current_refresh_token"],
-                                                                 scopes=self.scopes)
+            latest = self.store.load().get("current_refresh_token")
+            if "access_token" not in result and latest and latest != refresh_token:
+                # another run rotated the refresh token after we read it: ours is spent, theirs is good
+                REDACT.add(latest)
+                result = self.app.acquire_token_by_refresh_token(latest, scopes=self.scopes)
             return self._token_from(result, "the refresh-token request")
         code = self._authorization_code(state)
         result = self.app.acquire_token_by_authorization_code(code, scopes=self.scopes,

@@ -271,6 +271,27 @@ def test_code_is_exchanged_once_and_refresh_tokens_rotate(xsoar, requests_mock, 
     assert xsoar.context["current_refresh_token"] == "rt-two-0123456789"
 
 
+def test_refresh_token_rotated_by_a_concurrent_run_is_picked_up(xsoar, requests_mock):
+    mock_entra(requests_mock)
+
+    def token(request, context):
+        sent = form(request)
+        if sent["refresh_token"] == "rt-old-0123456789":
+            xsoar.context["current_refresh_token"] = "rt-new-0123456789"  # the other run saved its rotation
+            context.status_code = 400
+            return {"error": "invalid_grant", "error_codes": [70000], "error_description": "AADSTS70000: used"}
+        return {"access_token": make_jwt(), "refresh_token": "rt-newer-0123456789", "expires_in": 3599}
+
+    requests_mock.post(f"{LOGIN}/{TENANT}/oauth2/v2.0/token", json=token)
+    requests_mock.get(f"{API}/alerts", json={"value": []})
+    xsoar.context = {"current_refresh_token": "rt-old-0123456789"}
+
+    assert xsoar.run("microsoft-atp-test", params=auth_code_params("code")).errors == []
+    sent = [form(r)["refresh_token"] for r in requests_mock.request_history if r.method == "POST"]
+    assert sent == ["rt-old-0123456789", "rt-new-0123456789"]
+    assert xsoar.context["current_refresh_token"] == "rt-newer-0123456789"
+
+
 def test_pasted_code_with_extra_query_text_is_rejected(xsoar, requests_mock):
     mock_entra(requests_mock)
     run = xsoar.run("microsoft-atp-test", params=auth_code_params("abc&session_state=123"))
