@@ -1145,6 +1145,16 @@ def validate_ip(value: str, name: str = "ip") -> str:
         raise ArgumentError(f"{name} must be an IPv4 or IPv6 address (got '{value}').") from None
 
 
+DOMAIN_NAME = re.compile(r"^(?=.{1,253}$)[^\s/:@?#\\.]+(?:\.[^\s/:@?#\\.]+)*\.?$")
+
+
+def validate_domain(value: str, name: str = "domain") -> str:
+    if not DOMAIN_NAME.match(value.strip()):
+        raise ArgumentError(f"{name} must be a domain name such as contoso.com, without scheme or path "
+                            f"(got '{value}').")
+    return value.strip()
+
+
 def odata_literal(value: Any) -> str:
     """An OData literal: strings quoted with ' doubled, datetimes unquoted in UTC, booleans lower-case."""
     if value is None:
@@ -1234,20 +1244,7 @@ ENTITY_FIELDS: dict[str, dict[str, Any]] = {
         "cancellationComment": "CancellationComment", "cancellationDateTimeUtc": "CancellationDateTimeUtc",
         "relatedFileInfo": ("RelatedFileInfo", "RelatedFileInfo"),
     },
-    # The older integration wrote offboarding results under their own path, with two keys in camelCase.
-    "OffboardMachine": {
-        "id": "ID", "type": "Type", "scope": "Scope", "requestor": "Requestor", "requestorComment": "RequestorComment",
-        "status": "Status", "machineId": "MachineID", "computerDnsName": "ComputerDNSName",
-        "creationDateTimeUtc": "CreationDateTimeUtc", "lastUpdateTimeUtc": "LastUpdateTimeUtc",
-        "lastUpdateDateTimeUtc": "LastUpdateTimeUtc", "cancellationDateTimeUtc": "cancellationDateTimeUtc",
-        "relatedFileInfo": ("RelatedFileInfo", "RelatedFileInfo"), "troubleshootInfo": "troubleshootInfo",
-    },
     "RelatedFileInfo": {"fileIdentifier": "FileIdentifier", "fileIdentifierType": "FileIdentifierType"},
-    "MachineUser": {
-        "id": "ID", "accountName": "AccountName", "accountDomain": "AccountDomain", "accountSid": "AccountSID",
-        "firstSeen": "FirstSeen", "lastSeen": "LastSeen", "logonTypes": "LogonTypes", "isDomainAdmin": "DomainAdmin",
-        "isOnlyNetworkUser": "NetworkUser",
-    },
     # ---- alerts and investigations (entities) ----
     # Evidence and relatedUser pass through in Microsoft's camelCase: existing playbooks read them that way.
     "Alert": {
@@ -1263,7 +1260,7 @@ ENTITY_FIELDS: dict[str, dict[str, Any]] = {
         "comments": ("Comments", "AlertComment"), "evidence": "Evidence",
     },
     "AlertComment": {"comment": "Comment", "createdBy": "CreatedBy", "createdTime": "CreatedTime"},
-    "AlertUser": {
+    "User": {  # a machine's logon users and an alert's user
         "id": "ID", "accountName": "AccountName", "accountDomain": "AccountDomain", "accountSid": "AccountSID",
         "firstSeen": "FirstSeen", "lastSeen": "LastSeen", "mostPrevalentMachineId": "MostPrevalentMachineID",
         "leastPrevalentMachineId": "LeastPrevalentMachineID", "logonTypes": "LogonTypes",
@@ -1285,6 +1282,11 @@ ENTITY_FIELDS: dict[str, dict[str, Any]] = {
         "triggeringAlertId": "TriggeringAlertID",
     },
 }
+
+
+# The older integration wrote offboarding results under their own path, with two keys in camelCase.
+ENTITY_FIELDS["OffboardMachine"] = {**ENTITY_FIELDS["MachineAction"], "cancellationDateTimeUtc": "cancellationDateTimeUtc",
+                                    "troubleshootInfo": "troubleshootInfo"}
 
 
 def to_context(record: dict | None, entity: str) -> dict:
@@ -1474,7 +1476,6 @@ DEFAULT_POLL_INTERVAL = 10  # seconds
 DEFAULT_POLL_TIMEOUT = 600
 DEFAULT_RESTRICT_COMMENT = "App execution restricted from Cortex XSOAR."
 ACTION_ID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-DOMAIN_NAME = re.compile(r"^(?=.{1,253}$)[A-Za-z0-9_-]+(?:\.[A-Za-z0-9_-]+)*\.?$")
 MACHINE_HEADERS = ["ID", "ComputerDNSName", "OSPlatform", "LastIPAddress", "LastExternalIPAddress", "HealthStatus",
                    "RiskScore", "ExposureLevel", "LastSeen", "MachineTags"]
 ACTION_HEADERS = ["ID", "Type", "Status", "MachineID", "ComputerDNSName", "Requestor", "RequestorComment",
@@ -1672,7 +1673,7 @@ def get_machine_details_command(client: Client, args: dict) -> CommandResult:
 
 def get_machine_users_command(client: Client, args: dict) -> CommandResult:
     found, failed = call_for_each(machine_ids_arg(args), client.list_machine_logon_users, "Listing logon users")
-    users = [{**to_context(user, "MachineUser"), "MachineID": machine_id} for machine_id, logons in found
+    users = [{**to_context(user, "User"), "MachineID": machine_id} for machine_id, logons in found
              for user in logons]
     readable = markdown_table("Users who logged on to the machine", users, [
         "ID", "AccountName", "AccountDomain", "MachineID", "FirstSeen", "LastSeen", "LogonTypes", "DomainAdmin",
@@ -1708,9 +1709,7 @@ def get_file_related_machines_command(client: Client, args: dict) -> CommandResu
 
 
 def get_domain_machines_command(client: Client, args: dict) -> CommandResult:
-    domain = arg_required(args, "domain")
-    if not DOMAIN_NAME.match(domain):
-        raise ArgumentError(f"domain must be a domain name such as contoso.com, without scheme or path (got '{domain}').")
+    domain = validate_domain(arg_required(args, "domain"))
     machines = client.list_domain_machines(domain)
     contexts = [machine_context(machine) for machine in machines]
     readable = markdown_table(f"Machines that communicated with {domain}", contexts, MACHINE_HEADERS)
@@ -2068,7 +2067,6 @@ ALERT_HEADERS = ["ID", "Title", "Severity", "Status", "AlertCreationTime", "Comp
                  "DetectionSource", "AssignedTo", "IncidentID"]
 INVESTIGATION_HEADERS = ["ID", "State", "MachineID", "ComputerDNSName", "StartTime", "EndTime", "TriggeringAlertID",
                          "StatusDetails", "CancelledBy"]
-DOMAIN_NAME = re.compile(r"^[^\s/:@?#\\]+$")
 
 
 def alerts_result(title: str, alerts: list[dict], path: str = "Alert") -> CommandResult:
@@ -2178,7 +2176,7 @@ def create_alert_command(client: Client, args: dict) -> CommandResult:
 def get_alert_related_user_command(client: Client, args: dict) -> CommandResult:
     alert_id = arg_required(args, "id")
     record = client.get_alert_user(alert_id)
-    user = to_context(record, "AlertUser")
+    user = to_context(record, "User")
     return CommandResult(readable=markdown_table(f"User related to alert {alert_id}", user),
                          outputs={context_key(f"{CONTEXT_PREFIX}.AlertUser", "AlertID"): {"User": user,
                                                                                            "AlertID": alert_id}},
@@ -2229,9 +2227,7 @@ def get_ip_alerts_command(client: Client, args: dict) -> CommandResult:
 
 
 def get_domain_alerts_command(client: Client, args: dict) -> CommandResult:
-    domain = arg_required(args, "domain")
-    if not DOMAIN_NAME.match(domain):
-        raise ArgumentError(f"domain must be a domain name such as example.com, not a URL (got '{domain}').")
+    domain = validate_domain(arg_required(args, "domain"))
     return entity_alerts_result(f"Alerts related to domain {domain}", client.list_domain_alerts(domain),
                                 "DomainAlert", "Domain", domain)
 

@@ -383,7 +383,7 @@ USER = {"id": "contoso\\jdoe", "accountName": "jdoe", "accountDomain": "contoso"
         "logOnMachinesCount": 2, "isDomainAdmin": False, "isOnlyNetworkUser": False}
 USER_CONTEXT = {"ID": "contoso\\jdoe", "AccountName": "jdoe", "AccountDomain": "contoso", "AccountSID": "S-1-5-21-1",
                 "FirstSeen": "2024-01-01T00:00:00Z", "LastSeen": "2024-05-01T00:00:00Z", "LogonTypes": "Interactive",
-                "DomainAdmin": False, "NetworkUser": False}
+                "LogonCount": 2, "DomainAdmin": False, "NetworkUser": False}
 USER_KEY = "MicrosoftATP.MachineUser(val.ID && val.ID == obj.ID && val.MachineID == obj.MachineID)"
 
 
