@@ -2122,17 +2122,10 @@ def get_alert_by_id_command(client: Client, args: dict) -> CommandResult:
     if not alert_ids:
         raise ArgumentError("alert_ids is required: one alert ID or a comma-separated list of them.")
     evidence = arg_to_bool(args.get("evidence"), "evidence")
-    alerts, failures = [], []
-    for alert_id in alert_ids:
-        try:
-            alerts.append(client.get_alert(alert_id, expand_evidence=evidence))
-        except ApiError as exc:
-            failures.append(f"{alert_id}: {exc}")
-    if not alerts:
-        raise ApiError("No alert could be retrieved. " + " ".join(failures))
-    result = alerts_result("Microsoft Defender for Endpoint alerts", alerts)
-    if failures:
-        result.readable += "\n\n**Not retrieved:**\n" + "\n".join(f"- {failure}" for failure in failures)
+    found, failed = call_for_each(alert_ids, lambda alert_id: client.get_alert(alert_id, expand_evidence=evidence),
+                                  "Getting alerts")
+    result = alerts_result("Microsoft Defender for Endpoint alerts", [alert for _, alert in found])
+    result.readable += failures_readable(failed, "Alert ID")
     return result
 
 

@@ -206,8 +206,8 @@ def test_get_alert_by_id_keeps_the_alerts_it_found(xsoar, requests_mock):
     run = xsoar.run("microsoft-atp-get-alert-by-id", args={"alert_ids": f"{ALERT_ID},missing1"})
 
     assert run.context == {ALERT_CONTEXT: [context_alert()]}
-    assert "**Not retrieved:**" in run.entry["HumanReadable"]
-    assert "- missing1: GET /alerts/missing1 failed with HTTP 404 NotFound" in run.entry["HumanReadable"]
+    assert "### Failed" in run.entry["HumanReadable"]
+    assert "|missing1|GET /alerts/missing1 failed with HTTP 404 NotFound" in run.entry["HumanReadable"]
 
 
 def test_get_alert_by_id_fails_when_no_alert_was_found(xsoar, requests_mock):
@@ -216,7 +216,8 @@ def test_get_alert_by_id_fails_when_no_alert_was_found(xsoar, requests_mock):
 
     run = xsoar.run("microsoft-atp-get-alert-by-id", args={"alert_ids": "missing1"})
 
-    assert run.error.startswith("No alert could be retrieved. missing1: GET /alerts/missing1 failed with HTTP 404")
+    assert run.error.startswith("Getting alerts failed for every item:\n- missing1: GET /alerts/missing1 failed with "
+                                "HTTP 404")
     assert "(correlation id: c0ffee)" in run.error
 
 
