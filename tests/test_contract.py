@@ -101,3 +101,10 @@ def test_command_reference_is_generated_from_the_current_yml():
 
     generated = command_reference(load_integration(ROOT / "MicrosoftDefenderForEndpoint.yml"))
     assert (ROOT / "docs" / "commands.md").read_text() == generated, "docs/commands.md is stale: run `make docs`"
+
+
+def test_commands_that_poll_are_marked_polling_for_the_platform():
+    """XSOAR runs scheduled commands only for commands marked `polling: true`."""
+    for name, command in YML_COMMANDS.items():
+        takes_polling_arg = any(a["name"] == "polling" for a in command.get("arguments") or [])
+        assert bool(command.get("polling")) == takes_polling_arg, name
