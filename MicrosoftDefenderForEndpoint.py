@@ -14,8 +14,6 @@ Sections, in this order:
  8. main()
 """
 
-from __future__ import annotations
-
 import base64
 import binascii
 import hashlib
@@ -1183,17 +1181,17 @@ class ODataFilter:
             raise ValueError(f"'{name}' cannot be filtered on here; supported: {', '.join(sorted(self.fields))}")
         return name
 
-    def compare(self, name: str, operator: str, value: Any) -> ODataFilter:
+    def compare(self, name: str, operator: str, value: Any) -> "ODataFilter":
         if operator not in self.OPERATORS:
             raise ValueError(f"unsupported OData operator {operator}")
         if value is not None and value != "":
             self.clauses.append(f"{self._field(name)} {operator} {odata_literal(value)}")
         return self
 
-    def eq(self, name: str, value: Any) -> ODataFilter:
+    def eq(self, name: str, value: Any) -> "ODataFilter":
         return self.compare(name, "eq", value)
 
-    def one_of(self, name: str, values: Iterable[Any]) -> ODataFilter:
+    def one_of(self, name: str, values: Iterable[Any]) -> "ODataFilter":
         """`name eq v` for one value, `name in (v1, v2)` for several; nothing for none."""
         values = [v for v in values if v is not None and v != ""]
         if len(values) == 1:
@@ -1202,13 +1200,13 @@ class ODataFilter:
             self.clauses.append(f"{self._field(name)} in ({', '.join(odata_literal(v) for v in values)})")
         return self
 
-    def startswith_any(self, name: str, prefixes: Iterable[str]) -> ODataFilter:
+    def startswith_any(self, name: str, prefixes: Iterable[str]) -> "ODataFilter":
         parts = [f"startswith({self._field(name)},{odata_literal(p)})" for p in prefixes if p]
         if parts:
             self.clauses.append(parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")")
         return self
 
-    def any_equals(self, collection: str, value: Any, member: str | None = None) -> ODataFilter:
+    def any_equals(self, collection: str, value: Any, member: str | None = None) -> "ODataFilter":
         """`collection/any(x: x eq v)`, or `x/member eq v` for collections of objects."""
         if value is not None and value != "":
             target = f"x/{member}" if member else "x"
@@ -2310,7 +2308,7 @@ class FetchCursor:
     seen: dict[str, datetime]
 
     @classmethod
-    def from_last_run(cls, last_run: dict, first_fetch: datetime) -> FetchCursor:
+    def from_last_run(cls, last_run: dict, first_fetch: datetime) -> "FetchCursor":
         if not last_run.get("last_fetch_time"):
             return cls(first_fetch, first_fetch, {})
         try:

@@ -108,3 +108,22 @@ def test_commands_that_poll_are_marked_polling_for_the_platform():
     for name, command in YML_COMMANDS.items():
         takes_polling_arg = any(a["name"] == "polling" for a in command.get("arguments") or [])
         assert bool(command.get("polling")) == takes_polling_arg, name
+
+
+def test_plugin_still_compiles_when_the_platform_prepends_code():
+    """XSOAR tooling may insert lines before the script; a `from __future__` import would then be a SyntaxError."""
+    source = (ROOT / "MicrosoftDefenderForEndpoint.py").read_text()
+    compile("register_module_line('MicrosoftDefenderForEndpoint', 'start', __line__())\n" + source, "plugin", "exec")
+
+
+def test_plugin_imports_only_what_xsoar_images_carry():
+    import ast
+
+    tree = ast.parse((ROOT / "MicrosoftDefenderForEndpoint.py").read_text())
+    imported = {alias.name.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.Import)
+                for alias in node.names}
+    imported |= {node.module.split(".")[0] for node in ast.walk(tree) if isinstance(node, ast.ImportFrom)}
+    import sys
+
+    third_party = {name for name in imported if name not in sys.stdlib_module_names}
+    assert third_party == {"demistomock", "requests", "msal", "cryptography"}
