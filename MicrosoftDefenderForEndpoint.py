@@ -30,9 +30,13 @@ from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlparse
 
-import msal
 import requests
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+
+try:
+    import msal
+except ImportError:  # a docker image without msal: only the Cortex XSOAR app flow can work (see require_msal)
+    msal = None
 
 import demistomock as demisto
 
@@ -430,6 +434,16 @@ class TokenProvider:
         return result["access_token"], int(result.get("expires_in") or 3599), result.get("refresh_token")
 
 
+MSAL_MINIMUM = "1.32"
+
+
+def require_msal(flow: str) -> None:
+    if msal is None:
+        raise ConfigurationError(f"{flow} needs the Python package msal {MSAL_MINIMUM} or newer, which this docker "
+                                 "image lacks. Choose a docker image that carries msal for the integration, or use "
+                                 "the Cortex XSOAR app flow.")
+
+
 def _require(settings: AuthSettings, **names: str) -> None:
     missing = [label for attr, label in names.items() if not getattr(settings, attr)]
     if missing:
@@ -441,7 +455,7 @@ class MsalConfidentialProvider(TokenProvider):
 
     def __init__(self, settings: AuthSettings, session: requests.Session, store: TokenStore):
         super().__init__(settings, session, store)
-        self._app: msal.ConfidentialClientApplication | None = None
+        self._app: Any = None  # msal.ConfidentialClientApplication, built on first use
 
     def validate(self) -> None:
         _require(self.settings, client_id="ID (application/client ID)", tenant_id="Token (tenant ID)")
@@ -455,9 +469,10 @@ class MsalConfidentialProvider(TokenProvider):
         return self.settings.secret
 
     @property
-    def app(self) -> msal.ConfidentialClientApplication:
+    def app(self) -> Any:
         # Built lazily: msal fetches the tenant's OpenID configuration when constructed.
         if self._app is None:
+            require_msal(self.flow)
             try:
                 self._app = msal.ConfidentialClientApplication(
                     self.settings.client_id, client_credential=self._credential(),
@@ -553,6 +568,7 @@ class ManagedIdentityProvider(TokenProvider):
     flow = FLOW_MANAGED_IDENTITY
 
     def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
+        require_msal(self.flow)
         client_id = self.settings.managed_identity_client_id
         identity = (msal.UserAssignedManagedIdentity(client_id=client_id) if client_id
                     else msal.SystemAssignedManagedIdentity())

@@ -498,3 +498,13 @@ def test_test_module_checks_fetch_settings_when_fetching(xsoar, requests_mock):
     run = xsoar.run("test-module", params=client_credentials_params(isFetch=True, max_fetch="0"))
     assert "max_fetch" in run.error and "at least 1" in run.error
     assert xsoar.run("test-module", params=client_credentials_params(isFetch=True, max_fetch="20")).results == ["ok"]
+
+
+def test_a_docker_image_without_msal_gets_a_clear_error(xsoar, requests_mock, monkeypatch):
+    monkeypatch.setattr(mde, "msal", None)
+    assert "needs the Python package msal" in xsoar.run("microsoft-atp-test").error
+    assert "needs the Python package msal" in xsoar.run(
+        "microsoft-atp-test", params={"auth_flow": "Azure Managed Identities"}).error
+    requests_mock.post(mde.OPROXY_URL, json={"access_token": make_jwt(), "expires_in": 3595})
+    requests_mock.get(f"{API}/alerts", json={"value": []})
+    assert xsoar.run("microsoft-atp-test", params=oproxy_params()).errors == []
