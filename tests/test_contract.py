@@ -127,3 +127,14 @@ def test_plugin_imports_only_what_xsoar_images_carry():
 
     third_party = {name for name in imported if name not in sys.stdlib_module_names}
     assert third_party == {"demistomock", "requests", "msal", "cryptography"}
+
+
+def test_the_unified_yml_for_upload_is_valid_and_embeds_the_script(tmp_path):
+    from xsoar_local.package import build
+
+    unified = yaml.safe_load(build(ROOT / "MicrosoftDefenderForEndpoint.yml", tmp_path).read_text())
+    schema = yaml.safe_load((ROOT / "tests" / "schemas" / "integration.yml").read_text())
+    Core(source_data=unified, schema_data=schema).validate(raise_exception=True)
+    script = unified["script"]["script"]
+    assert "def main()" in script and "import demistomock" not in script
+    compile(script, "unified", "exec")
