@@ -19,7 +19,6 @@ import binascii
 import hashlib
 import ipaddress
 import json
-import logging
 import os
 import re
 import secrets
@@ -103,7 +102,6 @@ MAX_RETRIES = 3  # for reads on 5xx and connection errors
 MAX_RATE_LIMIT_WAIT = 120  # total seconds one request may spend waiting on 429s
 DEFAULT_RETRY_AFTER = 10
 
-LOG = logging.getLogger("MicrosoftDefenderForEndpoint")
 
 
 # ============================================================================================
