@@ -103,6 +103,24 @@ MAX_RATE_LIMIT_WAIT = 120  # total seconds one request may spend waiting on 429s
 DEFAULT_RETRY_AFTER = 10
 
 
+class Clock:
+    """Time as the integration sees it. Passed in through build_client (and from there to auth, transport,
+    fetch and polling) so tests drive time instead of sleeping or patching the time module."""
+
+    def now(self) -> float:
+        """Seconds since the epoch."""
+        return time.time()
+
+    def utcnow(self) -> datetime:
+        return datetime.fromtimestamp(self.now(), timezone.utc)
+
+    def sleep(self, seconds: float) -> None:
+        time.sleep(seconds)
+
+
+SYSTEM_CLOCK = Clock()
+
+
 
 # ============================================================================================
 # 2. Errors and secret redaction
@@ -2476,13 +2494,12 @@ COMMANDS: dict[str, Command] = {
 # ============================================================================================
 
 
-def build_client(params: dict, session: requests.Session | None = None,
-                 sleeper: Callable[[float], None] | None = None) -> Client:
+def build_client(params: dict, session: requests.Session | None = None, clock: Clock = SYSTEM_CLOCK) -> Client:
     session = session or requests.Session()
     settings = auth_settings_from_params(params)
     provider = build_token_provider(settings, session)
     return Client(settings.cloud.api_base, BearerAuth(provider), verify=settings.verify, proxies=settings.proxies,
-                  session=session, sleeper=sleeper)
+                  session=session, sleeper=clock.sleep)
 
 
 def return_results(result: Any) -> None:
@@ -2500,7 +2517,7 @@ def return_error(message: str) -> None:
     demisto.results({"Type": 4, "ContentsFormat": "text", "Contents": message})
 
 
-def main() -> None:
+def main(clock: Clock = SYSTEM_CLOCK) -> None:
     command = demisto.command()
     log_debug(f"Command being called is {command}")
     try:
@@ -2508,7 +2525,7 @@ def main() -> None:
         if spec is None:
             raise IntegrationError(f"Command '{command}' is not implemented by {INTEGRATION_NAME}.")
         params = demisto.params()
-        client = build_client(params)
+        client = build_client(params, clock=clock)
         return_results(spec.func(client, params if spec.takes_params else demisto.args()))
     except IntegrationError as exc:
         return_error(REDACT(str(exc)))
