@@ -18,7 +18,17 @@ SHARED_CONTRACT = ROOT.parent / "shared" / "contract" / "commands.json"
 CONTRACT = json.loads((SHARED_CONTRACT if SHARED_CONTRACT.exists() else ROOT / "test_data" /
                        "contract_commands.json").read_text())
 # The areas of the contract this integration implements so far.
-IMPLEMENTED_AREAS = {"auth_test", "machines", "machine_actions", "alerts", "investigations"}
+IMPLEMENTED_AREAS = {
+    "auth_test", "machines", "machine_actions", "alerts", "investigations",
+    # advanced hunting
+
+    # indicators
+
+    # live response and reputation
+
+    # vulnerability management
+
+}
 YML_COMMANDS = {c["name"]: c for c in YML["script"]["commands"]}
 PLATFORM_COMMANDS = {"test-module", "fetch-incidents"}
 
