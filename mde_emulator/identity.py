@@ -41,6 +41,7 @@ ALL_ROLES = [
     "SecurityConfiguration.Read.All",
 ]
 LIMITED_ROLES = ["Machine.Read.All", "Alert.Read.All"]
+GRAPH_ROLES = ["ThreatHunting.Read.All"]  # what a Graph-audience token carries for apps that were granted it
 MDE_APP_ID_URI = "https://securitycenter.onmicrosoft.com/windowsatpservice"
 API_AUDIENCES = [
     MDE_APP_ID_URI, "https://api.securitycenter.microsoft.com", "https://api.security.microsoft.com",
@@ -87,6 +88,7 @@ class Client:
     thumbprint: str | None = None  # SHA-1 of the certificate DER, upper-case hex
     public_key: object = None
     redirect_uri: str | None = None
+    graph_roles: list[str] = field(default_factory=lambda: list(GRAPH_ROLES))
     object_id: str = field(default_factory=lambda: str(uuid.uuid4()))
 
 
@@ -139,7 +141,9 @@ class Identity:
         thumbprint = hashlib.sha1(cert.public_bytes(serialization.Encoding.DER)).hexdigest().upper()
         self.clients = {c.client_id: c for c in [
             Client("full", new_id(), list(ALL_ROLES), secret=secrets.token_urlsafe(30)),
-            Client("limited", new_id(), list(LIMITED_ROLES), secret=secrets.token_urlsafe(30)),
+            Client("limited", new_id(), list(LIMITED_ROLES), secret=secrets.token_urlsafe(30), graph_roles=[]),
+            # granted the Defender API's AdvancedQuery.Read.All but not Graph's ThreatHunting.Read.All
+            Client("defender-hunting", new_id(), list(ALL_ROLES), secret=secrets.token_urlsafe(30), graph_roles=[]),
             Client("certificate", new_id(), list(ALL_ROLES), thumbprint=thumbprint, public_key=cert.public_key()),
             Client("authcode", new_id(), list(ALL_ROLES), secret=secrets.token_urlsafe(30),
                    redirect_uri=AUTHCODE_REDIRECT),
@@ -167,6 +171,9 @@ class Identity:
                 "full": {"client_id": full.client_id, "client_secret": full.secret, "roles": full.roles},
                 "limited": {"client_id": limited.client_id, "client_secret": limited.secret,
                             "roles": limited.roles},
+                "defender-hunting": {"client_id": self.client("defender-hunting").client_id,
+                                     "client_secret": self.client("defender-hunting").secret,
+                                     "roles": self.client("defender-hunting").roles, "graph_roles": []},
                 "certificate": {"client_id": cert.client_id, "thumbprint": cert.thumbprint,
                                 "private_key_path": str(self.cert_key_path.resolve()),
                                 "certificate_path": str(self.cert_path.resolve()), "roles": cert.roles},
@@ -198,12 +205,13 @@ class Identity:
             claims.update(upn=user, unique_name=user, name="Test Analyst", amr=["pwd"])
         return jwt.encode(claims, self._signing_key, algorithm="RS256", headers={"kid": self.kid, "x5t": self.kid})
 
-    def validate_api_token(self, authorization: str | None) -> dict:
-        """Claims of a valid bearer token for the Defender API, else ApiError 401."""
+    def validate_api_token(self, authorization: str | None, graph: bool = False) -> dict:
+        """Claims of a valid bearer token for the Defender API (or Microsoft Graph), else ApiError 401."""
         if not authorization or not authorization.lower().startswith("bearer "):
             raise ApiError(401, "Unauthorized", "Authorization header is missing or is not a Bearer token.")
         token = authorization[7:].strip()
-        audiences = API_AUDIENCES + [a + "/" for a in API_AUDIENCES]
+        expected = GRAPH_RESOURCES if graph else API_AUDIENCES
+        audiences = expected + [a + "/" for a in expected]
         try:
             return jwt.decode(token, self._public_key, algorithms=["RS256"], audience=audiences,
                               issuer=f"https://sts.windows.net/{self.tenant_id}/",
@@ -314,7 +322,8 @@ class Identity:
                                      "(application ID URI).")
                 resource = scope.strip()[: -len("/.default")]
             self._check_resource(resource, tenant)
-            token = self.issue_access_token(appid=client.client_id, audience=resource, roles=client.roles,
+            token = self.issue_access_token(appid=client.client_id, audience=resource,
+                                            roles=self.roles_for(client.roles, client.graph_roles, resource),
                                             oid=client.object_id, acr=acr)
             body = {"token_type": "Bearer", "expires_in": self.lifetime(), "ext_expires_in": self.lifetime(),
                     "access_token": token}
@@ -329,6 +338,12 @@ class Identity:
             return self._redeem_refresh_token(client, acr, form)
         raise EntraError(400, "unsupported_grant_type", 70003,
                          f"The app requested an unsupported grant type '{grant}'.")
+
+    @staticmethod
+    def roles_for(defender_roles: list[str], graph_roles: list[str], resource: str) -> list[str]:
+        """A token carries the permissions granted on its own resource: Graph's for Graph, Defender's otherwise."""
+        is_graph = resource.rstrip("/").lower() in {r.lower() for r in GRAPH_RESOURCES}
+        return list(graph_roles if is_graph else defender_roles)
 
     def _check_resource(self, resource: str, tenant: str) -> None:
         if resource.rstrip("/").lower() not in KNOWN_RESOURCES:
@@ -416,7 +431,8 @@ class Identity:
         lifetime = self.lifetime()
         body = {"token_type": "Bearer", "scope": scope, "expires_in": lifetime, "ext_expires_in": lifetime,
                 "access_token": self.issue_access_token(appid=client.client_id, audience=resource,
-                                                        scp=client.roles, oid=self.user_oid, acr=acr,
+                                                        scp=self.roles_for(client.roles, client.graph_roles,
+                                                                           resource), oid=self.user_oid, acr=acr,
                                                         user=AUTHCODE_USER)}
         words = {s.lower() for s in scope.split()}
         if "offline_access" in words:
@@ -571,8 +587,9 @@ class Identity:
             return error(400, "Bad request", "The token is stale: its timestamp is more than 5 minutes away from "
                                              "the server's clock. Please check the system clock.")
         scope, resource = body.get("scope"), body.get("resource") or ""
-        audience = resource.rstrip("/") or ("https://graph.microsoft.com" if scope == "graph" else MDE_APP_ID_URI)
-        access = self.issue_access_token(appid=self.oproxy_app_id, audience=audience, roles=list(ALL_ROLES),
+        audience = resource.rstrip("/") or _oproxy_audience(scope)
+        access = self.issue_access_token(appid=self.oproxy_app_id, audience=audience,
+                                         roles=self.roles_for(ALL_ROLES, GRAPH_ROLES, audience),
                                          oid=self.oproxy_app_id)
         return Response.json(200, {"access_token": access, "expires_in": self.lifetime(), "refresh_token": ""},
                              content_type=PLAIN_JSON, headers={"Function-Execution-Id": secrets.token_hex(6)})
@@ -600,12 +617,20 @@ class Identity:
         client_id = client_id or self.mi_system_client_id
         lifetime = self.lifetime()
         now = int(time.time())
-        token = self.issue_access_token(appid=client_id, audience=resource, roles=list(ALL_ROLES), oid=client_id,
+        token = self.issue_access_token(appid=client_id, audience=resource,
+                                        roles=self.roles_for(ALL_ROLES, GRAPH_ROLES, resource), oid=client_id,
                                         acr="2")
         return Response.json(200, {"access_token": token, "client_id": client_id, "expires_in": str(lifetime),
                                    "expires_on": str(now + lifetime), "ext_expires_in": str(lifetime),
                                    "not_before": str(now), "resource": resource, "token_type": "Bearer"},
                              content_type=PLAIN_JSON)
+
+
+def _oproxy_audience(scope: str | None) -> str:
+    """The oproxy's `scope`: none for the Defender API, "graph" or a Graph scope URL for Microsoft Graph."""
+    if scope and (scope == "graph" or scope.split("/.default")[0].rstrip("/") in GRAPH_RESOURCES):
+        return scope.split("/.default")[0].rstrip("/") if scope != "graph" else "https://graph.microsoft.com"
+    return MDE_APP_ID_URI
 
 
 def _thumbprint_hex(x5t: str) -> str:

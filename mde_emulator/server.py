@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
-from . import admin, api_actions, api_alerts, api_machines
+from . import admin, api_actions, api_alerts, api_hunting, api_machines
 from .data import Store
 from .identity import EntraError, Identity
 from .web import PLAIN_JSON, ApiError, Request, Response, Route
@@ -67,6 +67,9 @@ class Faults:
     drop_connections: int = 0
     action_outcome: str = "Succeeded"
     action_delay: float = 2.0
+    hunting_quota: dict | None = None  # {"kind": "calls" | "cpu", "count": N, "retry_after": seconds}
+    hunting_slow_queries: int = 0  # the next N hunting queries answer "Query exceeded the timeout period."
+    hunting_max_rows: int = 100_000  # more rows than this: the result-size error
 
     def update(self, changes: dict) -> None:
         """Validate and apply a partial update; raises ValueError with a readable message."""
@@ -97,6 +100,16 @@ class Faults:
                 raise ValueError(f"action_outcome must be one of {', '.join(ACTION_OUTCOMES)}")
             if name == "action_delay" and (not isinstance(value, (int, float)) or value < 0):
                 raise ValueError("action_delay must be a non-negative number of seconds")
+            if name == "hunting_quota" and value is not None:
+                if not isinstance(value, dict) or value.get("kind") not in ("calls", "cpu"):
+                    raise ValueError('hunting_quota must be {"kind": "calls" or "cpu", "count": N, '
+                                     '"retry_after": seconds} or null')
+                value = {"kind": value["kind"], "count": int(value.get("count", 1)),
+                         "retry_after": int(value.get("retry_after", 60 if value["kind"] == "calls" else 852))}
+            if name in ("hunting_slow_queries",) and (not isinstance(value, int) or value < 0):
+                raise ValueError(f"{name} must be a non-negative integer")
+            if name == "hunting_max_rows" and (not isinstance(value, int) or value < 1):
+                raise ValueError("hunting_max_rows must be a positive integer")
             checked[name] = value
         for name, value in checked.items():
             setattr(self, name, value)
@@ -167,7 +180,7 @@ class Emulator:
                            tenant_id=self.identity.tenant_id)
         self.package_key = uuid.uuid4().bytes
         self.routes: list[Route] = self._identity_routes() + api_machines.ROUTES + api_actions.ROUTES + \
-            api_alerts.ROUTES
+            api_alerts.ROUTES + api_hunting.ROUTES
         self.admin_routes = admin.ROUTES
 
     def _identity_routes(self) -> list[Route]:
@@ -202,14 +215,14 @@ class Emulator:
         faults = self.faults
         if faults.latency_ms:
             time.sleep(faults.latency_ms / 1000)
-        is_api = route.template.startswith("/api/")
+        is_api = route.template.startswith(("/api/", "/v1.0/"))
         if is_api and self._take_drop():
             self.counters.add("responses", "dropped")
             return None
         try:
             response = self._handle(route, request, is_api)
         except ApiError as exc:
-            response = exc.response()
+            response = exc.response(graph=route.family == "graph")
         except EntraError as exc:
             response = exc.response(self.base_url)
         except Exception:  # a bug in the emulator: answer like the service would, and log it
@@ -225,7 +238,8 @@ class Emulator:
                 return self._burst_response(route.family, burst)
             return route.handler(request)
         api_actions.advance_actions(self)
-        request.claims = self.identity.validate_api_token(request.headers.get("authorization"))
+        request.claims = self.identity.validate_api_token(request.headers.get("authorization"),
+                                                          graph=route.family == "graph")
         limit = self.faults.rate_limit_per_minute
         families = self.faults.rate_limit_families
         if limit and (families is None or route.family in families):
@@ -425,7 +439,7 @@ class EmulatorServer:
     @property
     def info(self) -> dict:
         base = self.base_url
-        return {"base_url": base, "api_url": base, "login_url": base, "oproxy_url": f"{base}/oproxy/obtain-token",
+        return {"base_url": base, "api_url": base, "graph_url": base, "login_url": base, "oproxy_url": f"{base}/oproxy/obtain-token",
                 "imds_url": base, "admin_url": f"{base}/admin", "ca_bundle": str(self.ca_path), "pid": os.getpid(),
                 **self.emulator.identity.ready_info()}
 

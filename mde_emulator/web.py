@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 import json
 import re
 import uuid
@@ -72,7 +73,13 @@ class ApiError(Exception):
         super().__init__(message)
         self.status, self.code, self.message, self.headers = status, code, message, headers or {}
 
-    def response(self) -> Response:
+    def response(self, graph: bool = False) -> Response:
+        """Defender's shape, or Microsoft Graph's (`innerError` with date and request ids) for Graph routes."""
+        if graph:
+            inner = {"date": dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%dT%H:%M:%S"),
+                     "request-id": str(uuid.uuid4()), "client-request-id": str(uuid.uuid4())}
+            body = {"error": {"code": self.code, "message": self.message, "innerError": inner}}
+            return Response.json(self.status, body, content_type=PLAIN_JSON, headers=self.headers)
         body = {"error": {"code": self.code, "message": self.message, "target": str(uuid.uuid4())}}
         return Response.json(self.status, body, headers=self.headers)
 

@@ -701,11 +701,11 @@ def test_command_line_ready_file_and_clean_shutdown(tmp_path):
         assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "no ready file"
         assert stat.S_IMODE(ready.stat().st_mode) == 0o600
         info = json.loads(ready.read_text())
-        assert set(info) == {"base_url", "api_url", "login_url", "oproxy_url", "imds_url", "admin_url", "ca_bundle",
-                             "pid", "tenant_id", "clients", "oproxy", "managed_identity"}
+        assert set(info) == {"base_url", "api_url", "graph_url", "login_url", "oproxy_url", "imds_url", "admin_url",
+                             "ca_bundle", "pid", "tenant_id", "clients", "oproxy", "managed_identity"}
         assert info["pid"] == proc.pid and info["ca_bundle"] == str((state / "ca.pem").resolve())
         assert info["oproxy_url"] == info["base_url"] + "/oproxy/obtain-token"
-        assert set(info["clients"]) == {"full", "limited", "certificate", "authcode"}
+        assert set(info["clients"]) == {"full", "limited", "certificate", "authcode", "defender-hunting"}
         assert len(base64.b64decode(info["oproxy"]["key"])) == 32
         assert requests.get(f"{info['api_url']}/api/machines", headers={"Authorization": f"Bearer {_token(info)}"},
                             verify=info["ca_bundle"]).json()["value"]
