@@ -253,10 +253,6 @@ def _engine(emu: Emulator) -> HuntingEngine:
     return emu.hunting
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 def _run(request: Request, query: Any, start: dt.datetime, end: dt.datetime, api: str):
     if not isinstance(query, str) or not query.strip():
         raise ApiError(400, "BadRequest", "The query is empty. Query operator expected.")
@@ -265,7 +261,7 @@ def _run(request: Request, query: Any, start: dt.datetime, end: dt.datetime, api
         raise fault
     max_rows = request.emu.faults.hunting_max_rows
     try:
-        columns, rows, truncated = _engine(request.emu).run(query, start, end, _now(), max_rows)
+        columns, rows, truncated = _engine(request.emu).run(query, start, end, request.emu.clock.utcnow(), max_rows)
     except QueryError as exc:
         raise ApiError(400, "BadRequest", str(exc)) from None
     if truncated:
@@ -277,7 +273,7 @@ def _run(request: Request, query: Any, start: dt.datetime, end: dt.datetime, api
 def run_hunting_query(request: Request) -> Response:
     """POST /v1.0/security/runHuntingQuery {"Query", "Timespan"?} (names read case-insensitively, as Graph does)."""
     body = {k.lower(): v for k, v in require_body(request).items()}
-    now = _now()
+    now = request.emu.clock.utcnow()
     start, end = timespan_window(body.get("timespan"), now)
     columns, rows = _run(request, body.get("query"), start, end, "graph")
     return Response.json(200, {
@@ -291,7 +287,7 @@ def run_advanced_query(request: Request) -> Response:
     """POST /api/advancedqueries/run {"Query"}: the last 30 days, Defender's PascalCase shape."""
     body = require_body(request)
     check_body(body, required=("Query",))
-    now = _now()
+    now = request.emu.clock.utcnow()
     columns, rows = _run(request, body["Query"], now - RETENTION, now, "defender")
     return Response.json(200, {"Schema": [{"Name": name, "Type": kind} for name, kind in columns],
                                "Results": rows}, content_type="application/json; charset=utf-8")
