@@ -268,3 +268,15 @@ def test_bad_fault_values_are_refused(info):
     r = requests.post(f"{info['admin_url']}/faults", json={"hunting_quota": {"kind": "memory"}},
                       verify=info["ca_bundle"], timeout=10)
     assert r.status_code == 400 and "calls" in r.json()["error"]
+
+
+def test_the_window_follows_the_emulator_clock(info):
+    """Last in this module: the clock only moves forward."""
+    def last_day():
+        return graph(info, "DeviceProcessEvents | where Timestamp > ago(1d) | count").json()["results"][0]["Count"]
+
+    assert last_day() > 0
+    r = requests.post(f"{info['admin_url']}/clock", json={"advance": 8 * 86400}, verify=info["ca_bundle"], timeout=10)
+    assert r.status_code == 200, r.text
+    assert last_day() == 0
+    assert graph(info, "DeviceProcessEvents | count", "P1D").json()["results"][0]["Count"] == 0
