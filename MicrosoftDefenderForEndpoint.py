@@ -69,6 +69,11 @@ class Cloud:
     api_base: str  # Defender API host; the client appends /api
     scope: str  # OAuth2 scope of the Defender API application (WindowsDefenderATP)
     mi_resource: str  # resource asked of the managed-identity endpoint
+    graph_base: str = "https://graph.microsoft.com"  # Microsoft Graph (advanced hunting); also its MI resource
+
+    @property
+    def graph_scope(self) -> str:
+        return f"{self.graph_base}/.default"
 
 
 _COMMERCIAL_LOGIN = "https://login.microsoftonline.com"
@@ -88,9 +93,9 @@ CLOUDS: dict[str, Cloud] = {
     "US GCC": Cloud(_COMMERCIAL_LOGIN, "https://api-gcc.securitycenter.microsoft.us", _COMMERCIAL_SCOPE,
                     "https://api-gcc.securitycenter.microsoft.us"),
     "US GCC-High": Cloud(_US_GOV_LOGIN, "https://api-gov.securitycenter.microsoft.us", _US_GOV_SCOPE,
-                         "https://api-gov.securitycenter.microsoft.us"),
+                         "https://api-gov.securitycenter.microsoft.us", "https://graph.microsoft.us"),
     "DoD": Cloud(_US_GOV_LOGIN, "https://api-gov.securitycenter.microsoft.us", _US_GOV_SCOPE,
-                 "https://api-gov.securitycenter.microsoft.us"),
+                 "https://api-gov.securitycenter.microsoft.us", "https://dod-graph.microsoft.us"),
 }
 CUSTOM_CLOUD = "Custom"
 ENDPOINT_TYPES = (*CLOUDS, CUSTOM_CLOUD)
@@ -249,7 +254,8 @@ def resolve_cloud(params: dict) -> Cloud:
             raise ConfigurationError("Endpoint Type is 'Custom' but no Server URL is set. Enter the Defender API URL "
                                      f"in Server URL (e.g. {CLOUDS['Worldwide'].api_base}).")
         login = str(params.get("login_url") or "").strip().rstrip("/") or _COMMERCIAL_LOGIN
-        return Cloud(login, url, _COMMERCIAL_SCOPE, CLOUDS["Worldwide"].mi_resource)
+        graph = str(params.get("graph_url") or "").strip().rstrip("/") or CLOUDS["Worldwide"].graph_base
+        return Cloud(login, url, _COMMERCIAL_SCOPE, CLOUDS["Worldwide"].mi_resource, graph)
     if endpoint_type not in CLOUDS:
         raise ConfigurationError(f"Endpoint Type '{endpoint_type}' is unknown. Choose one of: "
                                  f"{', '.join(ENDPOINT_TYPES)}.")
@@ -732,6 +738,12 @@ def retry_after_seconds(response: requests.Response, attempt: int) -> float:
     return float(min(DEFAULT_RETRY_AFTER * 2 ** attempt, 60))
 
 
+def quota_spent(response: requests.Response) -> bool:
+    """A 429 for a spent processing (CPU) quota, not the call rate: it lasts up to 15 minutes, so it is reported
+    rather than waited out (advanced hunting)."""
+    return CPU_QUOTA_TEXT in (response.text or "")
+
+
 def backoff_seconds(attempt: int) -> float:
     return float(2 ** (attempt - 1))
 
@@ -792,11 +804,14 @@ class Transport:
     def provider(self) -> TokenProvider:
         return self.auth.provider
 
-    def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None) -> Any:
-        """Sends one API call with the retry rules below and returns the parsed JSON (None when empty)."""
+    def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
+                auth: "BearerAuth | None" = None, read_timeout: int | None = None) -> Any:
+        """Sends one API call with the retry rules below and returns the parsed JSON (None when empty).
+        `auth` replaces the Defender token (Microsoft Graph calls); `read_timeout` the default read timeout."""
         url = path if path.startswith("https://") else f"{self.api_url}/{path.lstrip('/')}"
         query = urlencode(params, quote_via=_quote_odata) if params else None
-        response = self._send(method, url, query, json_body)
+        timeout = (self.timeout[0], read_timeout) if read_timeout else self.timeout
+        response = self._send(method, url, query, json_body, auth or self.auth, timeout)
         if not response.ok:
             raise api_error_from(response, method, _display_path(url))
         if response.status_code == 204 or not response.content:
@@ -806,7 +821,8 @@ class Transport:
         except ValueError as exc:
             raise ApiError(f"{method} {_display_path(url)} returned a body that is not JSON.") from exc
 
-    def _send(self, method: str, url: str, query: str | None, json_body: Any) -> requests.Response:
+    def _send(self, method: str, url: str, query: str | None, json_body: Any, auth: "BearerAuth",
+              timeout: tuple[int, int]) -> requests.Response:
         """429: wait as told and retry (any method: the call was not processed). 5xx and connection
         errors: retry reads with backoff; a write that may have reached the server is not repeated.
         401: refresh the token once and retry."""
@@ -814,8 +830,8 @@ class Transport:
         is_read = method == "GET"
         while True:
             try:
-                response = self.session.request(method, url, params=query, json=json_body, auth=self.auth,
-                                                verify=self.verify, proxies=self.proxies, timeout=self.timeout)
+                response = self.session.request(method, url, params=query, json=json_body, auth=auth,
+                                                verify=self.verify, proxies=self.proxies, timeout=timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 retryable = (is_read or isinstance(exc, requests.ConnectTimeout)) and not isinstance(
                     exc, requests.exceptions.SSLError)
@@ -828,10 +844,10 @@ class Transport:
             status = response.status_code
             if status == 401 and not refreshed:
                 refreshed = True
-                self.auth.force_refresh = True
+                auth.force_refresh = True
                 log_debug(f"{method} {_display_path(url)}: 401, refreshing the token once")
                 continue
-            if status == 429:
+            if status == 429 and not quota_spent(response):
                 delay = retry_after_seconds(response, attempt)
                 if waited + delay <= MAX_RATE_LIMIT_WAIT:
                     waited += delay
@@ -2572,8 +2588,639 @@ def fetch_incidents_command(client: "Client", params: dict) -> None:
 # ============================================================================================
 
 
+# ---- advanced hunting ----------------------------------------------------------------------------
+# Microsoft Graph runHuntingQuery first; the Defender API's advancedqueries/run (retiring 2027-02-01) as the
+# fallback. Template commands build KQL in which every argument value is an escaped string literal.
+
+HUNTING_API_AUTO = "Auto"
+HUNTING_API_GRAPH = "Microsoft Graph"
+HUNTING_API_DEFENDER = "Defender API (retiring)"
+HUNTING_APIS = (HUNTING_API_AUTO, HUNTING_API_GRAPH, HUNTING_API_DEFENDER)
+DEFENDER_HUNTING_RETIREMENT = datetime(2027, 2, 1, tzinfo=timezone.utc)
+THREAT_HUNTING_ROLE = "ThreatHunting.Read.All"
+ADVANCED_QUERY_ROLES = ("AdvancedQuery.Read.All", "AdvancedQuery.Read")
+HUNT_PATH = f"{CONTEXT_PREFIX}.Hunt"
+MAX_HUNT_BATCH = 10
+MAX_HUNT_ROWS = 100_000  # Microsoft's row limit per query
+MAX_HUNT_LIMIT = 10_000
+MAX_KQL_VALUE_LENGTH = 1_000
+HUNT_TIME_RANGE = re.compile(r"^\s*(\d+)\s*(second|minute|hour|day|week)s?(?:\s+ago)?\s*$", re.I)
+CPU_QUOTA_TEXT = "exceeded processing resources"
+HUNT_LIMIT_TEXTS = ("timeout period", "result size", "allowed result size", "excessive resource", "allowed limits")
+HUNT_LIMIT_HINT = "Narrow time_range, add device or file filters, or lower limit, then run it again."
+GRAPH_FALLBACK_NOTE = ("Microsoft Graph could not run this hunt ({reason}); it ran on the Defender advanced-hunting "
+                       "API instead, which Microsoft retires on 2027-02-01. Grant the app the Microsoft Graph "
+                       f"application permission {THREAT_HUNTING_ROLE} (admin consent) to keep hunting after that.")
+DEFENDER_RETIRED = ("The Defender advanced-hunting API was retired on 2027-02-01 and no longer answers. Grant the app "
+                    f"the Microsoft Graph application permission {THREAT_HUNTING_ROLE} (admin consent) so hunts run "
+                    "on Microsoft Graph{reason}.")
+
+
+def kql_string(value: str, name: str) -> str:
+    """`value` as a double-quoted KQL string literal: backslash and quote escaped, control characters refused,
+    so no argument can end the literal or add an operator."""
+    if any(ord(ch) < 32 or ord(ch) == 127 for ch in value):
+        raise ArgumentError(f"{name} contains a line break or another control character; remove it.")
+    if len(value) > MAX_KQL_VALUE_LENGTH:
+        raise ArgumentError(f"{name} is longer than {MAX_KQL_VALUE_LENGTH} characters.")
+    return '"' + value.replace("\\", "\\\\").replace('"', '\\"') + '"'
+
+
+def kql_list(values: list[str], name: str) -> str:
+    return "(" + ", ".join(kql_string(v, name) for v in values) + ")"
+
+
+def hunt_hashes(args: dict, name: str, pattern: re.Pattern, what: str) -> list[str]:
+    values = arg_to_list(args.get(name))
+    for value in values:
+        if not pattern.match(value):
+            raise ArgumentError(f"{name} must be {what} (got '{value}').")
+    return values
+
+
+def hunt_time_range(value: Any) -> int | None:
+    """Seconds back from now, from `60 minutes`, `1 day`, `2 days ago`; None when not given."""
+    if value is None or str(value).strip() == "":
+        return None
+    match = HUNT_TIME_RANGE.match(str(value))
+    if not match or int(match.group(1)) == 0:
+        raise ArgumentError(f"time_range must be a span back from now such as '60 minutes', '12 hours' or '7 days' "
+                            f"(got '{value}').")
+    return int(match.group(1)) * UNIT_SECONDS[match.group(2).lower()]
+
+
+@dataclass(frozen=True)
+class HuntFilters:
+    """Validated template arguments: each list becomes one condition, joined by `query_operation`."""
+
+    device_name: list[str]
+    device_id: list[str]
+    file_name: list[str]
+    sha1: list[str]
+    sha256: list[str]
+    md5: list[str]
+    username: list[str]
+    process_cmd: str
+    operation: str
+    seconds: int | None
+    limit: int
+    page: int
+    remote_ip_count: int | None
+
+    @classmethod
+    def from_args(cls, args: dict) -> "HuntFilters":
+        return cls(
+            device_name=arg_to_list(args.get("device_name")),
+            device_id=[validate_machine_id(value, "device_id") for value in arg_to_list(args.get("device_id"))],
+            file_name=arg_to_list(args.get("file_name")),
+            sha1=hunt_hashes(args, "sha1", SHA1, "a SHA-1 hash (40 hexadecimal characters)"),
+            sha256=hunt_hashes(args, "sha256", SHA256, "a SHA-256 hash (64 hexadecimal characters)"),
+            md5=hunt_hashes(args, "md5", MD5, "an MD5 hash (32 hexadecimal characters)"),
+            username=arg_to_list(args.get("username")), process_cmd=str(args.get("process_cmd") or "").strip(),
+            operation=arg_choice(args.get("query_operation"), "query_operation", ("or", "and"), "or"),
+            seconds=hunt_time_range(args.get("time_range")),
+            limit=arg_to_int(args.get("limit"), "limit", default=50, minimum=1, maximum=MAX_HUNT_LIMIT),
+            page=arg_to_int(args.get("page"), "page", default=1, minimum=1),
+            remote_ip_count=arg_to_int(args.get("remote_ip_count"), "remote_ip_count", minimum=0))
+
+    @property
+    def has_device(self) -> bool:
+        return bool(self.device_name or self.device_id)
+
+    @property
+    def has_file(self) -> bool:
+        return bool(self.file_name or self.sha1 or self.sha256 or self.md5)
+
+
+FILE_COLUMNS = {"file": ("FileName", "SHA1", "SHA256", "MD5"),
+                "init": ("InitiatingProcessFileName", "InitiatingProcessSHA1", "InitiatingProcessSHA256",
+                         "InitiatingProcessMD5")}
+T4 = ("InitiatingProcessFileName", "InitiatingProcessVersionInfoProductName",
+      "InitiatingProcessVersionInfoOriginalFileName", "InitiatingProcessCommandLine")
+REGISTRY_CHANGE = ("Timestamp", "DeviceName", "ActionType", "RegistryKey", "PreviousRegistryKey", "RegistryValueName",
+                   "PreviousRegistryValueName", "RegistryValueType", "RegistryValueData", "PreviousRegistryValueData",
+                   *T4)
+ACCOUNT_EVENT = ("AccountName", "DeviceName", "Timestamp", "AccountSid", "AccountDomain",
+                 "InitiatingProcessAccountName", "InitiatingProcessLogonId")
+INITIATING_BLOCK = tuple(f"InitiatingProcess{n}" for n in (
+    "AccountDomain", "AccountName", "AccountSid", "AccountUpn", "AccountObjectId", "SHA1", "SHA256", "MD5", "FileName",
+    "FolderPath", "CommandLine", "IntegrityLevel", "TokenElevation", "VersionInfoCompanyName",
+    "VersionInfoProductName", "VersionInfoProductVersion", "VersionInfoInternalFileName",
+    "VersionInfoOriginalFileName", "VersionInfoFileDescription", "FileSize", "Id", "CreationTime", "LogonId"))
+POWERSHELL_IMAGES = '("powershell.exe", "powershell_ise.exe")'
+SERVICES_KEY = kql_string("HKEY_LOCAL_MACHINE\\SYSTEM\\ControlSet001\\Services\\", "key")
+PRIVATE_IP_REGEX = kql_string(r"^(10\.|172\.(1[6-9]|2[0-9]|3[01])\.|192\.168\.)", "regex")
+USER_TABLES = "union DeviceProcessEvents, DeviceEvents, DeviceLogonEvents"  # the Device* tables with AccountName
+
+
+def project(*columns: str) -> str:
+    return "| project " + ", ".join(columns)
+
+
+def ordered(*columns: str) -> str:
+    """Newest first, then the columns: paging is stable only over a sorted result."""
+    return "| order by Timestamp desc " + project(*columns)
+
+
+@dataclass(frozen=True)
+class HuntTemplate:
+    """One purpose of a template command: source, fixed conditions (constant KQL), how arguments map to columns
+    (`file`: target file, `init`: initiating process, `device`, `username`), what is required, and the tail."""
+
+    source: str
+    conditions: str
+    mode: str
+    required: str  # any | device | file+device | username | process_cmd | "" (nothing)
+    tail: str
+    with_cmd: bool = False
+
+
+def _t(source, conditions, mode, required, tail, with_cmd=False) -> HuntTemplate:
+    return HuntTemplate(source, conditions, mode, required, tail, with_cmd)
+
+
+HUNT_TEMPLATES: dict[str, dict[str | None, HuntTemplate]] = {
+    "lateral-movement-evidence": {
+        "network_connections": _t(
+            "DeviceNetworkEvents", '(RemoteIP startswith "172.16" or RemoteIP startswith "192.168" or '
+            'RemoteIP startswith "10.")', "init", "any",
+            "| summarize TotalConnections = count() by DeviceName, RemoteIP, RemotePort, InitiatingProcessFileName "
+            "| order by TotalConnections desc"),
+        "smb_connections": _t(
+            "DeviceNetworkEvents", "RemotePort == 445 and InitiatingProcessId !in (0, 4)", "init", "any",
+            "| summarize RemoteIPCount = dcount(RemoteIP) by DeviceName, InitiatingProcessFileName, "
+            "InitiatingProcessId, InitiatingProcessCreationTime{min_count} | order by RemoteIPCount desc"),
+        "credential_dumping": _t(
+            "DeviceProcessEvents", '((FileName has_any ("procdump.exe", "procdump64.exe") and ProcessCommandLine has '
+            '"lsass") or (ProcessCommandLine has "lsass.exe" and (ProcessCommandLine has "-accepteula" or '
+            'ProcessCommandLine contains "-ma")))', "file", "any",
+            ordered("Timestamp", "DeviceName", "ActionType", "FileName", "ProcessCommandLine", "AccountName",
+                    "InitiatingProcessIntegrityLevel", "InitiatingProcessTokenElevation")),
+        "management_connection": _t(
+            "DeviceNetworkEvents", "RemotePort in (22, 3389, 139, 135, 23, 1433)", "init", "any",
+            "| summarize TotalCount = count() by DeviceName, LocalIP, RemoteIP, RemotePort "
+            "| order by TotalCount desc"),
+    },
+    "persistence-evidence": {
+        "scheduled_job": _t(
+            "DeviceEvents", 'ActionType == "ScheduledTaskCreated" and InitiatingProcessAccountSid != "S-1-5-18"',
+            "file", "any", ordered("Timestamp", "DeviceName", "InitiatingProcessAccountDomain",
+                                   "InitiatingProcessAccountName", "AdditionalFields")),
+        "registry_entry": _t(
+            "DeviceRegistryEvents", 'ActionType == "RegistryValueSet"', "init", "process_cmd",
+            ordered("Timestamp", "DeviceName", "RegistryKey", "RegistryValueType", "PreviousRegistryValueData",
+                    "RegistryValueName", "PreviousRegistryValueName", "PreviousRegistryKey",
+                    "InitiatingProcessFileName"), with_cmd=True),
+        "startup_folder_changes": _t(
+            "DeviceFileEvents", "FolderPath contains " + kql_string(
+                "\\AppData\\Roaming\\Microsoft\\Windows\\Start Menu\\Programs\\Startup\\", "path")
+            + ' and ActionType == "FileCreated"', "file", "any",
+            ordered("Timestamp", "DeviceName", "FileName", "FolderPath", *T4)),
+        "new_service_created": _t(
+            "DeviceRegistryEvents", f'RegistryKey contains {SERVICES_KEY} and ActionType == "RegistryKeyCreated"',
+            "init", "any", ordered("Timestamp", "DeviceName", "RegistryKey", "RegistryValueName",
+                                   "RegistryValueType", "RegistryValueData", *T4), with_cmd=True),
+        "service_updated": _t(
+            "DeviceRegistryEvents", f'RegistryKey contains {SERVICES_KEY} and ActionType in ("RegistryValueSet", '
+            '"RegistryKeyCreated")', "init", "any", ordered(*REGISTRY_CHANGE), with_cmd=True),
+        "file_replaced": _t(
+            "DeviceFileEvents", "FolderPath contains " + kql_string("C:\\Program Files", "path")
+            + ' and ActionType == "FileModified"', "file", "any",
+            ordered("Timestamp", "DeviceName", "ActionType", "FileName", "FolderPath", *T4)),
+        "new_user": _t("DeviceEvents", 'ActionType == "UserAccountCreated"', "file", "any", ordered(*ACCOUNT_EVENT)),
+        "new_group": _t("DeviceEvents", 'ActionType == "SecurityGroupCreated"', "file", "any",
+                        ordered(*ACCOUNT_EVENT, "AdditionalFields")),
+        "group_user_change": _t("DeviceEvents", 'ActionType == "UserAccountAddedToLocalGroup"', "file", "any",
+                                "| distinct AccountSid | order by AccountSid asc"),
+        "local_firewall_change": _t(
+            "DeviceRegistryEvents", "RegistryKey contains " + kql_string(
+                "HKEY_LOCAL_MACHINE\\SYSTEM\\CurrentControlSet\\Services\\SharedAccess\\Parameters\\FirewallPolicy",
+                "key"), "init", "any", ordered(*REGISTRY_CHANGE), with_cmd=True),
+        "host_file_change": _t(
+            "DeviceFileEvents", "FolderPath contains " + kql_string("C:\\Windows\\System32\\drivers\\etc\\hosts", "path")
+            + ' and ActionType == "FileModified"', "init", "any",
+            ordered("Timestamp", "DeviceName", "ActionType", "FileName", "FolderPath", "SHA1", "SHA256", "MD5", *T4),
+            with_cmd=True),
+    },
+    "file-origin": {
+        None: _t("DeviceFileEvents", "", "file", "any", ordered(
+            "Timestamp", "FileName", "FolderPath", "ActionType", "DeviceName", "MD5", "SHA1", "SHA256", "FileSize",
+            "FileOriginUrl", "FileOriginIP", "InitiatingProcessCommandLine", "InitiatingProcessFileName",
+            "InitiatingProcessParentFileName")),
+    },
+    "process-details": {
+        "parent_process": _t("DeviceProcessEvents", "", "file", "any", ordered(
+            "Timestamp", "DeviceId", "DeviceName", "ActionType", "ProcessId", "ProcessCommandLine",
+            "ProcessCreationTime", "AccountSid", "AccountName", "AccountDomain", *INITIATING_BLOCK)),
+        "grandparent_process": _t("DeviceProcessEvents", "", "file", "any", ordered(
+            "Timestamp", "DeviceId", "DeviceName", "ActionType", "ProcessId", "ProcessCommandLine",
+            "ProcessIntegrityLevel", "ProcessCreationTime", "AccountSid", "AccountName", "AccountDomain",
+            "AccountObjectId", "AccountUpn", "InitiatingProcessSHA1", "InitiatingProcessSHA256",
+            "InitiatingProcessMD5", "InitiatingProcessFileName", "InitiatingProcessId", "InitiatingProcessCreationTime",
+            "InitiatingProcessFolderPath", "InitiatingProcessParentFileName", "InitiatingProcessParentId",
+            "InitiatingProcessParentCreationTime")),
+        "process_details": _t(
+            "DeviceProcessEvents", "", "file", "any",
+            "| distinct SHA1, FileName, SHA256, MD5 | join kind=inner (DeviceFileCertificateInfo | distinct SHA1, "
+            "IsSigned, Signer, SignatureType, Issuer, CertificateExpirationTime, IsTrusted, IsRootSignerMicrosoft) "
+            "on SHA1 | distinct FileName, SHA1, SHA256, IsSigned, Signer, SignatureType, Issuer, "
+            "CertificateExpirationTime, IsTrusted, IsRootSignerMicrosoft | order by FileName asc, SHA1 asc"),
+        "beaconing_evidence": _t("DeviceNetworkEvents", "", "init", "any", ordered(
+            "Timestamp", "DeviceId", "DeviceName", "ActionType", "RemoteIP", "RemotePort", "RemoteUrl", "LocalIP",
+            "LocalPort", "Protocol", "LocalIPType", "RemoteIPType", "InitiatingProcessSHA1", "InitiatingProcessSHA256",
+            "InitiatingProcessMD5", "InitiatingProcessFileName")),
+        "powershell_execution_unsigned_files": _t(
+            "DeviceProcessEvents", f"FileName in~ {POWERSHELL_IMAGES} and InitiatingProcessFileName !~ "
+            '"SenseIR.exe" and InitiatingProcessParentFileName !~ "MsSense.exe" and '
+            'InitiatingProcessSignatureStatus != "Valid" and InitiatingProcessFileName !~ "CompatTelRunner.exe" and '
+            'InitiatingProcessParentFileName !~ "CompatTelRunner.exe"', "init", "",
+            "| distinct InitiatingProcessFolderPath, InitiatingProcessFileName, InitiatingProcessParentFileName, "
+            "InitiatingProcessVersionInfoOriginalFileName, InitiatingProcessVersionInfoProductName, "
+            "InitiatingProcessCommandLine, InitiatingProcessSignerType, InitiatingProcessSignatureStatus "
+            "| order by InitiatingProcessFolderPath asc, InitiatingProcessCommandLine asc"),
+        "process_excecution_powershell": _t(
+            "DeviceProcessEvents", f"FileName in~ {POWERSHELL_IMAGES}", "init", "file+device", ordered(
+                "Timestamp", "FileName", "FolderPath", "ProcessVersionInfoProductName", "ProcessCommandLine",
+                "ProcessCreationTime", *T4, "InitiatingProcessFolderPath", "InitiatingProcessSignerType",
+                "InitiatingProcessSignatureStatus", "DeviceId", "DeviceName")),
+    },
+    "network-connections": {
+        "external_addresses": _t(
+            "DeviceNetworkEvents", f"not(RemoteIP matches regex {PRIVATE_IP_REGEX})", "init", "any",
+            "| summarize TotalConnections = count() by DeviceName, RemoteIP, RemotePort, InitiatingProcessFileName, "
+            "InitiatingProcessFolderPath | order by TotalConnections desc"),
+        "dns_query": _t("DeviceNetworkEvents", "RemotePort == 53", "init", "any",
+                        ordered("Timestamp", "DeviceName", "ActionType", "RemoteIP",
+                                "Packetinfo = url_decode(AdditionalFields)")),
+        "encoded_commands": _t(
+            "DeviceProcessEvents", f"FileName in~ {POWERSHELL_IMAGES} and ProcessCommandLine matches regex "
+            + kql_string(r"(?i)\s-(e|ec|en|enc|enco|encod|encode|encoded|encodedcommand)\s", "regex"),
+            "device", "device", "| order by Timestamp desc"),
+    },
+    "privilege-escalation": {
+        None: _t("DeviceLogonEvents", 'IsLocalAdmin == true and AccountDomain =~ tostring(split(DeviceName, ".")[0])',
+                 "device", "device", ordered("Timestamp", "DeviceId", "DeviceName", "ActionType", "LogonType",
+                                             "AccountDomain", "AccountName", "IsLocalAdmin",
+                                             "InitiatingProcessFileName")),
+    },
+    "tampering": {
+        None: _t(
+            "DeviceProcessEvents",
+            'InitiatingProcessFileName in~ ("sc.exe", "net1.exe", "net.exe", "taskkill.exe", "cmd.exe", '
+            '"powershell.exe") and ((InitiatingProcessCommandLine has_any ("stop", "disable", "delete") and '
+            'InitiatingProcessCommandLine has_any ("sense", "windefend", "mssecflt", "healthservice") and '
+            'InitiatingProcessParentFileName !~ "cscript.exe") or (InitiatingProcessCommandLine has_any '
+            '("DisableRealtimeMonitoring", "DisableBehaviorMonitoring", "DisableIOAVProtection") and '
+            'InitiatingProcessCommandLine has "Set-MpPreference" and InitiatingProcessCommandLine contains "$true") '
+            'or (InitiatingProcessCommandLine has_any ("sgrmbroker.exe", "mssense.exe") and '
+            'InitiatingProcessCommandLine has "IM") or (InitiatingProcessCommandLine contains "reg" and '
+            'InitiatingProcessCommandLine has "add" and InitiatingProcessCommandLine contains '
+            + kql_string("\\Policies\\Microsoft\\Windows", "key")
+            + ' and InitiatingProcessCommandLine has_any ("Windows Defender", "Windows Advanced Threat Protection") '
+            'and InitiatingProcessCommandLine has_any ("ForceDefenderPassiveMode", "DisableAntiSpyware") and '
+            'InitiatingProcessCommandLine contains "/d 1") or (InitiatingProcessCommandLine has "start" and '
+            'InitiatingProcessCommandLine has "config" and InitiatingProcessCommandLine has_any ("sense", '
+            '"windefend") and InitiatingProcessCommandLine has_any ("demand", "disabled")))', "device", "",
+            "| order by Timestamp desc | project Timestamp, Computer = DeviceName, Account = "
+            "iff(isempty(InitiatingProcessAccountUpn), InitiatingProcessAccountName, InitiatingProcessAccountUpn), "
+            "AccountDomain, ProcessName = InitiatingProcessFileName, ProcessNameFullPath = FolderPath, "
+            "Activity = ActionType, CommandLine = InitiatingProcessCommandLine, InitiatingProcessParentFileName"),
+    },
+    "cover-up": {
+        "file_deleted": _t("DeviceFileEvents", 'ActionType == "FileDeleted"', "file", "any", ordered(
+            "Timestamp", "DeviceId", "DeviceName", "FileName", "FolderPath", "InitiatingProcessFileName",
+            "InitiatingProcessVersionInfoProductName", "InitiatingProcessCommandLine")),
+        "event_log_cleared": _t(
+            "DeviceProcessEvents", '((ProcessCommandLine has "WEVTUTIL" and ProcessCommandLine has_any ("CL", '
+            '"clear-log")) or ProcessCommandLine contains "Clear-EventLog")', "device", "device",
+            "| summarize LogClearCount = dcount(ProcessCommandLine), ClearedLogList = make_set(ProcessCommandLine) "
+            "by DeviceId, DeviceName, Timestamp = bin(Timestamp, 5m), FileName, InitiatingProcessFileName "
+            "| order by Timestamp desc"),
+        "compromised_information": _t(USER_TABLES, "", "username", "username", ordered(
+            "Timestamp", "DeviceId", "DeviceName", "ActionType", "FileName", "FolderPath", "SHA1", "SHA256", "MD5",
+            "InitiatingProcessFileName")),
+        "connected_devices": _t(USER_TABLES, "", "username", "username",
+                                "| distinct DeviceName | order by DeviceName asc"),
+        "action_types": _t(USER_TABLES, "", "username", "username",
+                           "| summarize Number_of_actions = count() by ActionType, DeviceName "
+                           "| order by Number_of_actions desc"),
+        "common_files": _t(USER_TABLES, "", "username", "username",
+                           "| summarize Number_of_accoiated_events = count() by FileName, MD5, SHA1, SHA256 "
+                           "| order by Number_of_accoiated_events desc"),
+    },
+}
+# Context key and readable title per template command
+HUNT_COMMANDS = {
+    "lateral-movement-evidence": ("HuntLateralMovementEvidence", "Lateral Movement Evidence"),
+    "persistence-evidence": ("HuntPersistenceEvidence", "Persistence Evidence"),
+    "file-origin": ("HuntFileOrigin", "File Origin"),
+    "process-details": ("HuntProcessDetails", "Process Details"),
+    "network-connections": ("HuntNetworkConnections", "Network Connections"),
+    "privilege-escalation": ("HuntPrivilegeEscalation", "Privilege Escalation"),
+    "tampering": ("HuntTampering", "Tampering"),
+    "cover-up": ("HuntCoverUp", "Cover Up"),
+}
+REQUIREMENTS = {
+    "any": ("at least one of device_name, device_id, file_name, sha1, sha256 or md5",
+            lambda f, t: f.has_device or f.has_file or (t.with_cmd and bool(f.process_cmd))),
+    "device": ("device_name or device_id", lambda f, t: f.has_device),
+    "file+device": ("a file (file_name, sha1, sha256 or md5) and a device (device_name or device_id)",
+                    lambda f, t: f.has_device and f.has_file),
+    "username": ("username", lambda f, t: bool(f.username)),
+    "process_cmd": ("process_cmd", lambda f, t: bool(f.process_cmd)),
+    "": ("", lambda f, t: True),
+}
+
+
+def argument_conditions(template: HuntTemplate, f: HuntFilters) -> list[str]:
+    """One condition per given argument list, each value an escaped literal."""
+    if template.mode == "username":
+        return [f"AccountName has_any {kql_list(f.username, 'username')}"] if f.username else []
+    conditions = []
+    if f.device_name:
+        conditions.append(f"DeviceName has_any {kql_list(f.device_name, 'device_name')}")
+    if f.device_id:
+        conditions.append(f"DeviceId in~ {kql_list(f.device_id, 'device_id')}")
+    if template.mode in FILE_COLUMNS:
+        name, sha1, sha256, md5 = FILE_COLUMNS[template.mode]
+        for column, values, arg, op in ((name, f.file_name, "file_name", "has_any"), (sha1, f.sha1, "sha1", "in~"),
+                                        (sha256, f.sha256, "sha256", "in~"), (md5, f.md5, "md5", "in~")):
+            if values:
+                conditions.append(f"{column} {op} {kql_list(values, arg)}")
+    if template.with_cmd and f.process_cmd:
+        conditions.append(f"InitiatingProcessCommandLine contains {kql_string(f.process_cmd, 'process_cmd')}")
+    return conditions
+
+
+def build_hunt_query(template: HuntTemplate, f: HuntFilters) -> str:
+    """source | time filter | where fixed and (arguments joined by query_operation) | tail | take limit*page."""
+    what, satisfied = REQUIREMENTS[template.required]
+    if not satisfied(f, template):
+        raise ArgumentError(f"This query needs {what}.")
+    parts = [template.source]
+    if f.seconds:
+        parts.append(f"| where Timestamp > ago({f.seconds}s)")
+    group = f" {f.operation} ".join(argument_conditions(template, f))
+    where = " and ".join(c for c in (template.conditions, f"({group})" if group else "") if c)
+    if where:
+        parts.append(f"| where {where}")
+    min_count = f" | where RemoteIPCount > {f.remote_ip_count}" if f.remote_ip_count is not None else ""
+    parts.append(template.tail.replace("{min_count}", min_count))
+    parts.append(f"| take {f.limit * f.page}")
+    return "\n".join(parts)
+
+
+HUNTING_ROLES = (THREAT_HUNTING_ROLE, *ADVANCED_QUERY_ROLES)
+HUNT_DEFAULT_TIMEOUT = 200  # seconds; Microsoft stops a query after 200 s (Defender API), about 3 minutes (Graph)
+HUNT_MAX_TIMEOUT = 600
+LEADING_TABLE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(\||$)")
+
+
+@dataclass
+class HuntResult:
+    """One query's answer, the same whichever back end ran it."""
+
+    columns: list[dict]  # [{"name", "type"}]
+    rows: list[dict]
+    api: str
+
+
+def normalise_hunt_response(body: Any, api: str) -> HuntResult:
+    """Graph's `schema`/`results` and the Defender API's `Schema`/`Results`; key case drifts, so read both.
+    ReportId is kept as a string: it is 64-bit, and playbooks pass it on to create-alert."""
+    body = body if isinstance(body, dict) else {}
+    schema = body.get("schema") or body.get("Schema") or []
+    columns = [{"name": c.get("name") or c.get("Name"), "type": c.get("type") or c.get("Type")}
+               for c in schema if isinstance(c, dict)]
+    rows = [dict(row) for row in body.get("results") or body.get("Results") or [] if isinstance(row, dict)]
+    for row in rows:
+        if isinstance(row.get("ReportId"), int):
+            row["ReportId"] = str(row["ReportId"])
+    return HuntResult(columns, rows, api)
+
+
+def iso_duration(seconds: int) -> str:
+    return f"PT{seconds}S"
+
+
+def defender_time_filter(query: str, seconds: int) -> str:
+    """The Defender API has no Timespan: filter right after the source table, which is safe only when the query
+    starts with a table name (a `let` or `union` block would change meaning)."""
+    match = LEADING_TABLE.match(query)
+    if not match:
+        raise ArgumentError("time_range needs Microsoft Graph, or a query that starts with a table name when it runs "
+                            "on the Defender API. Add `| where Timestamp > ago(...)` to the query instead.")
+    return f"{match.group(1)} | where Timestamp > ago({seconds}s) {query[match.end(1):].lstrip()}".rstrip()
+
+
+def hunting_failure(exc: ApiError) -> IntegrationError:
+    """Microsoft's reason plus what to do: a spent CPU quota is reported, not retried; limits get a hint."""
+    text = str(exc)
+    if exc.status == 429 and CPU_QUOTA_TEXT in text:
+        return ApiError(f"Advanced hunting is blocked: the tenant's CPU quota for queries is spent ({text}). "
+                        "Microsoft unblocks queries at its next 15-minute or daily cycle; the command did not "
+                        "retry. Run fewer or narrower hunts.", status=429, code=exc.code)
+    if any(marker in text.lower() for marker in HUNT_LIMIT_TEXTS):
+        return ApiError(f"{text} {HUNT_LIMIT_HINT}", status=exc.status, code=exc.code)
+    return exc
+
+
 class HuntingApi:
-    """Defender API calls of the advanced hunting (Microsoft Graph runHuntingQuery; Defender API fallback) area (mixed into Client)."""
+    """Advanced hunting calls (mixed into Client): Microsoft Graph runHuntingQuery, the Defender API fallback,
+    and the choice between them (`hunting_api` parameter)."""
+
+    hunting_api: str = HUNTING_API_AUTO
+    graph_url: str = ""
+    graph_auth: "BearerAuth | None" = None
+    hunting_notes: list[str]
+    _graph_problem: str | None = None
+    _graph_checked: bool = False
+
+    def configure_hunting(self, params: dict, graph_url: str, graph_auth: "BearerAuth | None") -> None:
+        self.hunting_api = str(arg_choice(params.get("hunting_api"), "Advanced hunting API", HUNTING_APIS,
+                                          HUNTING_API_AUTO))
+        self.graph_url, self.graph_auth, self.hunting_notes = graph_url.rstrip("/"), graph_auth, []
+
+    def run_graph_hunting_query(self, query: str, seconds: int | None, timeout: int) -> dict:
+        body = {"Query": query, **({"Timespan": iso_duration(seconds)} if seconds else {})}
+        return self.request("POST", f"{self.graph_url}/v1.0/security/runHuntingQuery", json_body=body,
+                            auth=self.graph_auth, read_timeout=timeout) or {}
+
+    def run_defender_hunting_query(self, query: str, timeout: int) -> dict:
+        return self.request("POST", "advancedqueries/run", json_body={"Query": query}, read_timeout=timeout) or {}
+
+    def hunt(self, query: str, *, seconds: int | None = None, timeout: int = HUNT_DEFAULT_TIMEOUT) -> HuntResult:
+        """Runs one query on the configured back end; Auto prefers Graph and falls back to the Defender API when
+        Graph cannot be used, saying so once in `hunting_notes`."""
+        if self.hunting_api == HUNTING_API_DEFENDER:
+            return self._defender_hunt(query, seconds, timeout, None)
+        problem = self.graph_problem()
+        if problem is None:
+            try:
+                return normalise_hunt_response(self.run_graph_hunting_query(query, seconds, timeout), "graph")
+            except ApiError as exc:
+                if exc.status != 403 or self.hunting_api == HUNTING_API_GRAPH:
+                    raise hunting_failure(exc) from exc
+                problem = self._graph_problem = "Microsoft Graph refused the query (HTTP 403)"
+        if self.hunting_api == HUNTING_API_GRAPH:
+            raise ConfigurationError(f"Advanced hunting API is 'Microsoft Graph', but {problem}. Grant the app the "
+                                     f"Microsoft Graph application permission {THREAT_HUNTING_ROLE} (admin "
+                                     "consent), or choose Auto.")
+        return self._defender_hunt(query, seconds, timeout, problem)
+
+    def graph_problem(self) -> str | None:
+        """Why Graph cannot run hunts (no token, or a token without ThreatHunting.Read.All); None when it can."""
+        if not self._graph_checked:
+            self._graph_checked = True
+            self._graph_problem = self._check_graph()
+        return self._graph_problem
+
+    def _check_graph(self) -> str | None:
+        if self.graph_auth is None:
+            return "no Microsoft Graph token can be requested with this authentication setup"
+        try:
+            token = self.graph_auth.provider.get_token()
+        except IntegrationError as exc:
+            return f"no Microsoft Graph token could be had ({exc})"
+        try:
+            claims = jwt_claims(token)
+        except AuthError:
+            return None  # not a JWT we can read: let Graph decide
+        granted = set(claims.get("roles") or []) | set(str(claims.get("scp") or "").split())
+        if THREAT_HUNTING_ROLE not in granted:
+            return f"the Microsoft Graph token lacks the {THREAT_HUNTING_ROLE} permission"
+        return None
+
+    def _defender_hunt(self, query: str, seconds: int | None, timeout: int, graph_problem: str | None) -> HuntResult:
+        if self.clock.utcnow() >= DEFENDER_HUNTING_RETIREMENT:
+            raise ConfigurationError(DEFENDER_RETIRED.format(reason=f" ({graph_problem})" if graph_problem else ""))
+        if graph_problem:
+            note = GRAPH_FALLBACK_NOTE.format(reason=graph_problem)
+            if note not in self.hunting_notes:
+                self.hunting_notes.append(note)
+        try:
+            body = self.run_defender_hunting_query(defender_time_filter(query, seconds) if seconds else query, timeout)
+        except ApiError as exc:
+            raise hunting_failure(exc) from exc
+        return normalise_hunt_response(body, "defender")
+
+
+def hunt_timeout(args: dict) -> int:
+    return int(arg_to_int(args.get("timeout"), "timeout", default=HUNT_DEFAULT_TIMEOUT, minimum=1,
+                          maximum=HUNT_MAX_TIMEOUT))
+
+
+def hunt_result(client: "Client", result: HuntResult, title: str, path: str, *, query: str | None = None,
+                rows: list[dict] | None = None, context: Any = None) -> CommandResult:
+    """The shared result builder over the query's own columns; notes (fallback) and the query go in the text."""
+    rows = result.rows if rows is None else rows
+    spec = EntitySpec({c["name"]: c["name"] for c in result.columns}, path=path, key=(),
+                      headers=tuple(c["name"] for c in result.columns))
+    out = entity_result(spec, [r for r in rows if r] or [], title)
+    if context is not None:
+        out.outputs = {f"{CONTEXT_PREFIX}.{path}": context}
+    elif not out.outputs:
+        out.outputs = {f"{CONTEXT_PREFIX}.{path}": []}
+    if query is not None:
+        out.readable = f"### The Query:\n```\n{query}\n```\n{out.readable}"
+    if client.hunting_notes:
+        out.readable += "\n\n" + "\n".join(f"**Note:** {note}" for note in client.hunting_notes)
+    return out
+
+
+def run_template(client: "Client", args: dict, command_name: str) -> CommandResult:
+    key, label = HUNT_COMMANDS[command_name]
+    templates = HUNT_TEMPLATES[command_name]
+    purpose = None if None in templates else required_choice(args, "query_purpose", list(templates))
+    filters = HuntFilters.from_args(args)
+    query = build_hunt_query(templates[purpose], filters)
+    timeout = hunt_timeout(args)
+    show_query = arg_to_bool(args.get("show_query"), "show_query")
+    result = client.hunt(query, timeout=timeout)
+    start = (filters.page - 1) * filters.limit
+    rows = result.rows[start:start + filters.limit]
+    path = f"{key}.Result" + (f".{purpose}" if purpose else "")
+    title = f"{label} Hunt ({purpose}) Results" if purpose else f"{label} Hunt Results"
+    return hunt_result(client, result, title, path, query=query if show_query else None, rows=rows)
+
+
+def template_command(suffix: str) -> Callable:
+    name = f"microsoft-atp-advanced-hunting-{suffix}"
+
+    @command(name, HUNTING_ROLES)
+    def hunt_template_command(client: "Client", args: dict) -> CommandResult:
+        return run_template(client, args, suffix)
+
+    hunt_template_command.__name__ = f"hunt_{suffix.replace('-', '_')}_command"
+    return hunt_template_command
+
+
+for _suffix in HUNT_COMMANDS:
+    template_command(_suffix)
+
+
+@dataclass(frozen=True)
+class NamedQuery:
+    name: str | None
+    query: str
+    timeout: int
+    seconds: int | None
+
+
+def batch_items(text: str) -> list[dict]:
+    try:
+        parsed = json.loads(text)
+    except ValueError:
+        raise ArgumentError('query_batch must be a JSON list of {"name", "query"} objects, e.g. '
+                            '[{"name": "logons", "query": "DeviceLogonEvents | take 10"}].') from None
+    if isinstance(parsed, dict) and isinstance(parsed.get("queries"), list):
+        parsed = parsed["queries"]
+    if not isinstance(parsed, list) or not parsed or not all(isinstance(item, dict) for item in parsed):
+        raise ArgumentError('query_batch must be a non-empty JSON list of {"name", "query"} objects.')
+    if len(parsed) > MAX_HUNT_BATCH:
+        raise ArgumentError(f"query_batch holds {len(parsed)} queries; at most {MAX_HUNT_BATCH} are allowed.")
+    return parsed
+
+
+def hunt_queries(args: dict) -> tuple[list[NamedQuery], bool]:
+    """The queries to run, and whether they came as a batch. Batch items may override timeout and time_range."""
+    query, batch = str(args.get("query") or "").strip(), str(args.get("query_batch") or "").strip()
+    if query and batch:
+        raise ArgumentError("Both query and query_batch were given; give one of them.")
+    if not query and not batch:
+        raise ArgumentError("Give query (one KQL query) or query_batch (a JSON list of named queries).")
+    timeout, seconds = hunt_timeout(args), hunt_time_range(args.get("time_range"))
+    if query:
+        return [NamedQuery(str(args.get("name") or "").strip() or None, query, timeout, seconds)], False
+    queries, names = [], set()
+    for index, item in enumerate(batch_items(batch), start=1):
+        name, text = str(item.get("name") or "").strip(), str(item.get("query") or "").strip()
+        if not name or not text:
+            raise ArgumentError(f"query_batch item {index} needs both a name and a query.")
+        if name in names:
+            raise ArgumentError(f"query_batch has two queries named '{name}'; names must differ.")
+        names.add(name)
+        queries.append(NamedQuery(name, text, hunt_timeout({"timeout": item.get("timeout", timeout)}),
+                                  hunt_time_range(item["time_range"]) if item.get("time_range") else seconds))
+    return queries, True
+
+
+@command("microsoft-atp-advanced-hunting", HUNTING_ROLES)
+def advanced_hunting_command(client: "Client", args: dict) -> list[CommandResult]:
+    """Raw KQL, one query or a batch run in turn; each named result sits under its name."""
+    queries, is_batch = hunt_queries(args)
+    results, collected = [], []
+    for item in queries:
+        result = client.hunt(item.query, seconds=item.seconds, timeout=item.timeout)
+        collected.append({item.name: result.rows} if item.name else result.rows)
+        title = f"Hunt results for {item.name} query" if item.name else "Hunt results"
+        results.append(hunt_result(client, result, title, "Hunt.Result", context=collected[-1]))
+        client.hunting_notes.clear()  # said once, in the first result
+    if is_batch:
+        for result in results:
+            result.outputs = {}
+        results[-1].outputs = {f"{HUNT_PATH}.Result": collected}
+    return results
 
 
 # ============================================================================================
@@ -2631,8 +3278,10 @@ def build_client(params: dict, session: requests.Session | None = None, clock: C
     session = session or requests.Session()
     settings = auth_settings_from_params(params)
     provider = build_token_provider(settings, session)
-    return Client(settings.cloud.api_base, BearerAuth(provider), verify=settings.verify, proxies=settings.proxies,
-                  session=session, clock=clock)
+    client = Client(settings.cloud.api_base, BearerAuth(provider), verify=settings.verify, proxies=settings.proxies,
+                    session=session, clock=clock)
+    client.configure_hunting(params, settings.cloud.graph_base, None)
+    return client
 
 
 def return_results(result: Any) -> None:

@@ -22,6 +22,7 @@ CONTRACT = json.loads((SHARED_CONTRACT if SHARED_CONTRACT.exists() else ROOT / "
 IMPLEMENTED_AREAS = {
     "auth_test", "machines", "machine_actions", "alerts", "investigations",
     # advanced hunting
+    "advanced_hunting",
 
     # indicators
 

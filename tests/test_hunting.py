@@ -1,0 +1,274 @@
+"""Advanced hunting: the KQL the templates build (parsed by a real KQL parser), hostile argument values kept as
+literals, and the commands at the HTTP boundary on Microsoft Graph, on the Defender API and with the fallback."""
+
+from __future__ import annotations
+
+import json
+from datetime import datetime, timezone
+
+import duckdb_kql
+import pytest
+import requests
+from conftest import API, client_credentials_params, make_jwt, mock_entra
+from hypothesis import HealthCheck, given, settings
+from hypothesis import strategies as st
+
+import MicrosoftDefenderForEndpoint as mde
+
+GRAPH = "https://graph.microsoft.com/v1.0/security/runHuntingQuery"
+DEFENDER = f"{API}/advancedqueries/run"
+DEVICE_ID = "4899036531e374137f63289c3267bad772c13fef"
+SHA1 = "50ef7a4d5b2c4e2f8b9c0d1e2f3a4b5c6d7e8f90"
+SHA256 = "a" * 64
+MD5 = "b" * 32
+ROW = {"Timestamp": "2026-11-20T10:00:00.1234567Z", "DeviceName": "pc1.contoso.com", "ReportId": 9223372036854775807,
+       "RemoteIP": "203.0.113.9"}
+
+
+def answer(rows, api="graph"):
+    columns = list(dict.fromkeys(k for r in rows for k in r)) or ["DeviceName"]
+    if api == "graph":
+        return {"@odata.context": "https://graph.microsoft.com/v1.0/$metadata#microsoft.graph.security.huntingQueryResults",
+                "schema": [{"name": c, "type": "String"} for c in columns], "results": rows}
+    return {"Schema": [{"Name": c, "Type": "String"} for c in columns], "Results": rows}
+
+
+def defender_params(**extra):
+    return client_credentials_params(hunting_api="Defender API (retiring)", **extra)
+
+
+def args_satisfying(template: mde.HuntTemplate) -> dict:
+    args = {"device_name": "pc1", "limit": "10"}
+    if template.required in ("any", "file+device"):
+        args.update(file_name="powershell.exe", sha1=SHA1, sha256=SHA256, md5=MD5, device_id=DEVICE_ID)
+    if template.required == "username" or template.mode == "username":
+        args["username"] = "alex.smith"
+    if template.required == "process_cmd" or template.with_cmd:
+        args["process_cmd"] = "CurrentVersion\\Run"
+    return args
+
+
+ALL_PURPOSES = [(suffix, purpose) for suffix, templates in mde.HUNT_TEMPLATES.items() for purpose in templates]
+
+
+# -- the KQL each template builds -------------------------------------------------------------------------------
+@pytest.mark.parametrize(("suffix", "purpose"), ALL_PURPOSES)
+@pytest.mark.parametrize("operation", ["or", "and"])
+def test_every_template_builds_kql_that_parses(suffix, purpose, operation):
+    template = mde.HUNT_TEMPLATES[suffix][purpose]
+    filters = mde.HuntFilters.from_args({**args_satisfying(template), "query_operation": operation,
+                                         "time_range": "2 days ago", "page": "3", "remote_ip_count": "2"})
+    query = mde.build_hunt_query(template, filters)
+    assert duckdb_kql.parse(query).ok
+    assert query.startswith(template.source)
+    assert "| where Timestamp > ago(172800s)" in query
+    assert query.endswith("| take 30")  # limit x page: the command keeps the third page of ten
+
+
+def test_argument_group_is_parenthesised_and_joined_by_the_operation():
+    template = mde.HUNT_TEMPLATES["tampering"][None]
+    query = mde.build_hunt_query(template, mde.HuntFilters.from_args(
+        {"device_name": "pc1,pc2", "device_id": DEVICE_ID, "query_operation": "and"}))
+    assert f'and (DeviceName has_any ("pc1", "pc2") and DeviceId in~ ("{DEVICE_ID}"))' in query
+
+
+def test_file_arguments_map_to_target_or_initiating_columns():
+    args = mde.HuntFilters.from_args({"file_name": "a.exe", "sha1": SHA1})
+    file_mode = mde.build_hunt_query(mde.HUNT_TEMPLATES["file-origin"][None], args)
+    init_mode = mde.build_hunt_query(mde.HUNT_TEMPLATES["process-details"]["beaconing_evidence"], args)
+    assert f'(FileName has_any ("a.exe") or SHA1 in~ ("{SHA1}"))' in file_mode
+    assert f'(InitiatingProcessFileName has_any ("a.exe") or InitiatingProcessSHA1 in~ ("{SHA1}"))' in init_mode
+
+
+def test_smb_threshold_and_missing_requirements():
+    smb = mde.HUNT_TEMPLATES["lateral-movement-evidence"]["smb_connections"]
+    assert "| where RemoteIPCount > 3 |" in mde.build_hunt_query(
+        smb, mde.HuntFilters.from_args({"device_name": "pc1", "remote_ip_count": "3"}))
+    with pytest.raises(mde.ArgumentError, match="needs at least one of device_name"):
+        mde.build_hunt_query(smb, mde.HuntFilters.from_args({}))
+    with pytest.raises(mde.ArgumentError, match="needs process_cmd"):
+        mde.build_hunt_query(mde.HUNT_TEMPLATES["persistence-evidence"]["registry_entry"],
+                             mde.HuntFilters.from_args({"device_name": "pc1"}))
+    with pytest.raises(mde.ArgumentError, match="a file .* and a device"):
+        mde.build_hunt_query(mde.HUNT_TEMPLATES["process-details"]["process_excecution_powershell"],
+                             mde.HuntFilters.from_args({"device_name": "pc1"}))
+
+
+# -- hostile values stay literals ---------------------------------------------------------------------------------
+def literal_value(literal: str) -> str:
+    """What the KQL literal evaluates to, computed by the KQL engine."""
+    con = duckdb_kql.connect()
+    return duckdb_kql.kql(con, f"print v = {literal}").fetchall()[0][0]
+
+
+PRINTABLE = st.text(st.characters(blacklist_categories=("Cc", "Cs")), min_size=1, max_size=40).filter(
+    lambda s: s.strip() and "," not in s)
+HOSTILE = st.one_of(PRINTABLE, st.sampled_from([
+    '"', '\\', '\\"', '" | take 1 | where "', "x\" or 1==1 or \"", "a|b", '"; DeviceInfo | take 1 //', "@'",
+    "'", "\\\\\"", "```", "h\"x\"", "){}(", "a\u200bb", "\u202e\"", "\\u0022"]))
+
+
+@settings(max_examples=150, deadline=None, suppress_health_check=[HealthCheck.too_slow])
+@given(value=HOSTILE, argument=st.sampled_from(["device_name", "file_name", "username", "process_cmd"]))
+def test_hostile_values_never_change_the_query_structure(value, argument):
+    template = {"device_name": mde.HUNT_TEMPLATES["file-origin"][None],
+                "file_name": mde.HUNT_TEMPLATES["file-origin"][None],
+                "username": mde.HUNT_TEMPLATES["cover-up"]["connected_devices"],
+                "process_cmd": mde.HUNT_TEMPLATES["persistence-evidence"]["registry_entry"]}[argument]
+    benign = mde.build_hunt_query(template, mde.HuntFilters.from_args({argument: "benign"}))
+    hostile = mde.build_hunt_query(template, mde.HuntFilters.from_args({argument: value}))
+    literal = mde.kql_string(value.strip(), argument)
+    assert hostile == benign.replace('"benign"', literal)  # the value occupies exactly the literal's place
+    assert duckdb_kql.parse(hostile).ok
+    assert literal_value(literal) == value.strip()
+
+
+@pytest.mark.parametrize("value", ["a\nb", "a\rb", "tab\there", "nul\x00"])
+def test_control_characters_are_refused_naming_the_argument(value):
+    with pytest.raises(mde.ArgumentError, match="device_name contains a line break"):
+        mde.build_hunt_query(mde.HUNT_TEMPLATES["file-origin"][None],
+                             mde.HuntFilters.from_args({"device_name": value}))
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"sha1": "abc"}, "sha1 must be a SHA-1 hash"),
+    ({"sha256": SHA1}, "sha256 must be a SHA-256 hash"),
+    ({"md5": "z" * 32}, "md5 must be an MD5 hash"),
+    ({"device_id": "pc1"}, "device_id must be a machine ID"),
+    ({"device_name": "pc1", "time_range": "since Monday"}, "time_range must be a span"),
+    ({"device_name": "pc1", "limit": "0"}, "limit must be at least 1"),
+    ({"device_name": "pc1", "query_operation": "xor"}, "query_operation must be one of or, and"),
+])
+def test_bad_arguments_fail_before_any_call(xsoar, requests_mock, args, message):
+    run = xsoar.run("microsoft-atp-advanced-hunting-file-origin", args, params=defender_params())
+    assert message in run.error
+    assert not requests_mock.request_history
+
+
+# -- Defender API back end ----------------------------------------------------------------------------------------
+def test_template_on_the_defender_api(xsoar, requests_mock):
+    mock_entra(requests_mock, token=make_jwt({"roles": ["AdvancedQuery.Read.All"]}))
+    rows = [dict(ROW, RemoteIP=f"203.0.113.{i}", TotalConnections=10 - i) for i in range(7)]
+    call = requests_mock.post(DEFENDER, json=answer(rows, "defender"))
+    run = xsoar.run("microsoft-atp-advanced-hunting-network-connections",
+                    {"query_purpose": "external_addresses", "device_name": "pc1", "limit": "3", "page": "2",
+                     "show_query": "true"}, params=defender_params())
+    query = call.last_request.json()["Query"]
+    assert call.last_request.json() == {"Query": query}
+    assert query.startswith("DeviceNetworkEvents\n") and query.endswith("| take 6")
+    result = run.context["MicrosoftATP.HuntNetworkConnections.Result.external_addresses"]
+    assert [r["RemoteIP"] for r in result] == ["203.0.113.3", "203.0.113.4", "203.0.113.5"]
+    assert result[0]["ReportId"] == "9223372036854775807"  # 64-bit id kept exact
+    readable = run.entry["HumanReadable"]
+    assert readable.startswith(f"### The Query:\n```\n{query}\n```")
+    assert "Network Connections Hunt (external_addresses) Results" in readable
+    assert "Note:" not in readable
+
+
+def test_raw_query_time_range_on_the_defender_api_filters_after_the_table(xsoar, requests_mock):
+    mock_entra(requests_mock)
+    call = requests_mock.post(DEFENDER, json=answer([ROW], "defender"))
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo | take 5", "time_range": "60 minutes"},
+                    params=defender_params())
+    assert call.last_request.json() == {"Query": "DeviceInfo | where Timestamp > ago(3600s) | take 5"}
+    assert run.context["MicrosoftATP.Hunt.Result"] == [dict(ROW, ReportId=str(ROW["ReportId"]))]
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "let x = 1; DeviceInfo", "time_range": "1 day"},
+                    params=defender_params())
+    assert "time_range needs Microsoft Graph" in run.error
+
+
+def test_cpu_quota_fails_at_once_while_the_call_quota_is_waited_out(xsoar, requests_mock):
+    mock_entra(requests_mock)
+    cpu = {"error": {"code": "TooManyRequests", "message": "You have exceeded processing resources allocated to this "
+                                                           "tenant. You can run queries again in 00:14:12."}}
+    call = requests_mock.post(DEFENDER, status_code=429, json=cpu, headers={"Retry-After": "852"})
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"}, params=defender_params())
+    assert "CPU quota for queries is spent" in run.error and "00:14:12" in run.error
+    assert call.call_count == 1 and xsoar.sleeps == []
+    calls = {"error": {"code": "TooManyRequests", "message": "API calls quota exceeded! You can send requests again "
+                                                             "in 7 seconds."}}
+    requests_mock.post(DEFENDER, [{"status_code": 429, "json": calls, "headers": {"Retry-After": "7"}},
+                                  {"json": answer([ROW], "defender")}])
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"}, params=defender_params())
+    assert run.context["MicrosoftATP.Hunt.Result"][0]["DeviceName"] == "pc1.contoso.com"
+    assert xsoar.sleeps == [7.0]
+
+
+@pytest.mark.parametrize("message", ["Query exceeded the timeout period.",
+                                     "Query execution has exceeded the allowed result size. Optimize your query."])
+def test_limits_give_microsofts_reason_and_a_hint(xsoar, requests_mock, message):
+    mock_entra(requests_mock)
+    requests_mock.post(DEFENDER, status_code=400, json={"error": {"code": "BadRequest", "message": message}})
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"}, params=defender_params())
+    assert message in run.error and mde.HUNT_LIMIT_HINT in run.error
+
+
+def test_syntax_errors_pass_microsofts_message(xsoar, requests_mock):
+    mock_entra(requests_mock)
+    requests_mock.post(DEFENDER, status_code=400, json={"error": {
+        "code": "BadRequest", "message": "Query operator expected. Fix syntax errors in your query."}})
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo | wherex"}, params=defender_params())
+    assert "Fix syntax errors in your query" in run.error and mde.HUNT_LIMIT_HINT not in run.error
+
+
+def test_a_slow_answer_names_the_timeout_argument(xsoar, requests_mock):
+    mock_entra(requests_mock)
+    requests_mock.post(DEFENDER, exc=requests.exceptions.ReadTimeout)
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo", "timeout": "5"},
+                    params=defender_params())
+    assert "Timed out" in run.error
+
+
+# -- raw command: batches and names ------------------------------------------------------------------------------
+def test_query_batch_runs_each_named_query_in_turn(xsoar, requests_mock):
+    mock_entra(requests_mock)
+    call = requests_mock.post(DEFENDER, [{"json": answer([{"DeviceName": "a"}], "defender")},
+                                         {"json": answer([{"DeviceName": "b"}], "defender")}])
+    batch = json.dumps({"queries": [{"name": "first", "query": "DeviceInfo | take 1"},
+                                    {"name": "second", "query": "DeviceInfo | take 2", "time_range": "1 hour"}]})
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query_batch": batch}, params=defender_params())
+    assert [r.json()["Query"] for r in call.request_history] == [
+        "DeviceInfo | take 1", "DeviceInfo | where Timestamp > ago(3600s) | take 2"]
+    assert not run.errors and len(run.results) == 2
+    assert run.results[1]["EntryContext"] == {
+        "MicrosoftATP.Hunt.Result": [{"first": [{"DeviceName": "a"}]}, {"second": [{"DeviceName": "b"}]}]}
+    assert "Hunt results for first query" in run.results[0]["HumanReadable"]
+
+
+def test_a_named_query_is_stored_under_its_name(xsoar, requests_mock):
+    mock_entra(requests_mock)
+    requests_mock.post(DEFENDER, json=answer([{"DeviceName": "a"}], "defender"))
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo", "name": "devices"},
+                    params=defender_params())
+    assert run.context == {"MicrosoftATP.Hunt.Result": {"devices": [{"DeviceName": "a"}]}}
+
+
+@pytest.mark.parametrize(("args", "message"), [
+    ({"query": "DeviceInfo", "query_batch": "[]"}, "Both query and query_batch"),
+    ({}, "Give query"),
+    ({"query_batch": "not json"}, "query_batch must be a JSON list"),
+    ({"query_batch": json.dumps([{"name": f"q{i}", "query": "DeviceInfo"} for i in range(11)])}, "at most 10"),
+    ({"query_batch": json.dumps([{"query": "DeviceInfo"}])}, "item 1 needs both a name and a query"),
+    ({"query_batch": json.dumps([{"name": "a", "query": "T"}, {"name": "a", "query": "T"}])}, "two queries named"),
+    ({"query": "DeviceInfo", "timeout": "0"}, "timeout must be at least 1"),
+])
+def test_raw_argument_errors(xsoar, requests_mock, args, message):
+    run = xsoar.run("microsoft-atp-advanced-hunting", args, params=defender_params())
+    assert message in run.error
+    assert not requests_mock.request_history
+
+
+def test_unsupported_purpose_is_named(xsoar, requests_mock):
+    run = xsoar.run("microsoft-atp-advanced-hunting-cover-up", {"query_purpose": "rootkits", "username": "a"},
+                    params=defender_params())
+    assert "query_purpose must be one of file_deleted" in run.error
+
+
+# -- retirement ---------------------------------------------------------------------------------------------------
+def test_after_retirement_the_defender_api_is_not_called(xsoar, requests_mock):
+    xsoar.clock.time = datetime(2027, 2, 2, tzinfo=timezone.utc).timestamp()
+    mock_entra(requests_mock)
+    call = requests_mock.post(DEFENDER, json=answer([ROW], "defender"))
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"}, params=defender_params())
+    assert "retired on 2027-02-01" in run.error and "ThreatHunting.Read.All" in run.error
+    assert call.call_count == 0
