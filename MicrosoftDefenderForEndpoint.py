@@ -319,11 +319,12 @@ class TokenStore:
     """
 
     KEYS = ("access_token", "valid_until", "current_refresh_token", "auth_fingerprint", "next_request_time",
-            "delay_request_counter", "login_state", "used_auth_code")
+            "delay_request_counter", "login_state", "used_auth_code", "graph_access_token", "graph_valid_until")
 
-    def __init__(self, fingerprint: str, clock: Callable[[], float] | None = None):
+    def __init__(self, fingerprint: str, clock: Callable[[], float] | None = None, prefix: str = ""):
         self.fingerprint = fingerprint
         self.clock = clock or (lambda: time.time())
+        self.prefix = prefix  # "graph_" for the Microsoft Graph token; the refresh token is shared
 
     def load(self) -> dict:
         context = demisto.getIntegrationContext() or {}
@@ -339,20 +340,20 @@ class TokenStore:
 
     def valid_access_token(self) -> str | None:
         state = self.load()
-        token, valid_until = state.get("access_token"), state.get("valid_until")
+        token, valid_until = state.get(f"{self.prefix}access_token"), state.get(f"{self.prefix}valid_until")
         if token and valid_until and self.clock() < float(valid_until):
             return str(token)
         return None
 
     def save_access_token(self, token: str, expires_in: int, refresh_token: str | None = None) -> None:
         valid_until = self.clock() + token_reuse_seconds(expires_in)
-        values: dict[str, Any] = {"access_token": token, "valid_until": valid_until}
+        values: dict[str, Any] = {f"{self.prefix}access_token": token, f"{self.prefix}valid_until": valid_until}
         if refresh_token is not None:
             values["current_refresh_token"] = refresh_token
         self.update(**values)
 
     def invalidate_access_token(self) -> None:
-        self.update(access_token="", valid_until=0)
+        self.update(**{f"{self.prefix}access_token": "", f"{self.prefix}valid_until": 0})
 
     def clear(self) -> None:
         context = demisto.getIntegrationContext() or {}
@@ -632,7 +633,9 @@ class XsoarAppProvider(TokenProvider):
             raise AuthError(f"The last token request to the XSOAR app service failed; the next attempt is delayed "
                             f"until {wait_until} to protect the service.")
         body = {"app_name": OPROXY_APP_NAME, "registration_id": self.settings.client_id,
-                "encrypted_token": self._encrypted_token(), "scope": None, "resource": ""}
+                "encrypted_token": self._encrypted_token(),
+                "scope": "graph" if self.settings.cloud.scope == self.settings.cloud.graph_scope else None,
+                "resource": ""}
         try:
             response = self.session.post(self.settings.oproxy_url, json=body, verify=self.settings.verify,
                                          proxies=self.settings.proxies, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
@@ -690,11 +693,16 @@ PROVIDERS: dict[str, type[TokenProvider]] = {
 }
 
 
-def build_token_provider(settings: AuthSettings, session: requests.Session) -> TokenProvider:
+def build_token_provider(settings: AuthSettings, session: requests.Session, graph: bool = False) -> TokenProvider:
+    """The flow's provider for the Defender API, or (graph) for Microsoft Graph: same credential, Graph's scope
+    and managed-identity resource, its token kept under graph_* keys."""
     fingerprint = _digest("|".join([settings.flow, settings.client_id, settings.cloud.login_host,
                                     settings.cloud.scope, settings.managed_identity_client_id,
                                     _digest(settings.tenant_id)]))
-    return PROVIDERS[settings.flow](settings, session, TokenStore(fingerprint))
+    if graph:
+        cloud = settings.cloud
+        settings = replace(settings, cloud=replace(cloud, scope=cloud.graph_scope, mi_resource=cloud.graph_base))
+    return PROVIDERS[settings.flow](settings, session, TokenStore(fingerprint, prefix="graph_" if graph else ""))
 
 
 class BearerAuth(requests.auth.AuthBase):
@@ -1469,17 +1477,25 @@ def auth_reset_command(client: "Client", args: dict) -> CommandResult:
 @command("microsoft-atp-list-auth-permissions")
 def list_auth_permissions_command(client: "Client", args: dict) -> CommandResult:
     claims = jwt_claims(client.provider.get_token())
-    granted = set(claims.get("roles") or []) | set(str(claims.get("scp") or "").split())
+    defender = set(claims.get("roles") or []) | set(str(claims.get("scp") or "").split())
+    graph_read, graph_problem = client.graph_roles()
+    graph = graph_read if graph_read is not None else set()
+    graph_problem = graph_problem or ("the Microsoft Graph token cannot be read" if graph_read is None else
+                                      "the Microsoft Graph token carries no permissions")
+    granted = defender | graph
     blocked: dict[str, list[str]] = {}
     for name, spec in COMMANDS.items():
         if spec.roles and not granted & set(spec.roles):
             blocked.setdefault(" or ".join(spec.roles), []).append(name)
     rows = [{"Missing permission": roles, "Commands it blocks": ", ".join(sorted(commands))}
             for roles, commands in sorted(blocked.items())]
-    readable = markdown_table("Permissions", [{"Permission": role} for role in sorted(granted)])
+    readable = markdown_table("Permissions", [{"Permission": role} for role in sorted(defender)])
+    readable += "\n\n" + (markdown_table("Microsoft Graph permissions", [{"Permission": r} for r in sorted(graph)])
+                          if graph else f"### Microsoft Graph permissions\nNone: {graph_problem}.")
     readable += "\n\n" + (markdown_table("Missing permissions", rows) if rows
                           else "All commands of this integration are permitted.")
-    return CommandResult(readable=readable, raw={"roles": sorted(granted), "missing": rows})
+    return CommandResult(readable=readable, raw={"roles": sorted(defender), "graph_roles": sorted(graph),
+                                                 "missing": rows})
 
 
 # ============================================================================================
@@ -3035,6 +3051,7 @@ class HuntingApi:
     hunting_notes: list[str]
     _graph_problem: str | None = None
     _graph_checked: bool = False
+    _fallback_noted: bool = False
 
     def configure_hunting(self, params: dict, graph_url: str, graph_auth: "BearerAuth | None") -> None:
         self.hunting_api = str(arg_choice(params.get("hunting_api"), "Advanced hunting API", HUNTING_APIS,
@@ -3075,29 +3092,35 @@ class HuntingApi:
             self._graph_problem = self._check_graph()
         return self._graph_problem
 
-    def _check_graph(self) -> str | None:
+    def graph_roles(self) -> tuple[set[str] | None, str | None]:
+        """The permissions in the Microsoft Graph token (None when the token is not a readable JWT), or why
+        there is no token."""
         if self.graph_auth is None:
-            return "no Microsoft Graph token can be requested with this authentication setup"
+            return set(), "no Microsoft Graph token can be requested with this authentication setup"
         try:
             token = self.graph_auth.provider.get_token()
         except IntegrationError as exc:
-            return f"no Microsoft Graph token could be had ({exc})"
+            return set(), f"no Microsoft Graph token could be had ({exc})"
         try:
             claims = jwt_claims(token)
         except AuthError:
-            return None  # not a JWT we can read: let Graph decide
-        granted = set(claims.get("roles") or []) | set(str(claims.get("scp") or "").split())
-        if THREAT_HUNTING_ROLE not in granted:
+            return None, None
+        return set(claims.get("roles") or []) | set(str(claims.get("scp") or "").split()), None
+
+    def _check_graph(self) -> str | None:
+        roles, problem = self.graph_roles()
+        if problem or roles is None:  # an unreadable token: let Graph decide
+            return problem
+        if THREAT_HUNTING_ROLE not in roles:
             return f"the Microsoft Graph token lacks the {THREAT_HUNTING_ROLE} permission"
         return None
 
     def _defender_hunt(self, query: str, seconds: int | None, timeout: int, graph_problem: str | None) -> HuntResult:
         if self.clock.utcnow() >= DEFENDER_HUNTING_RETIREMENT:
             raise ConfigurationError(DEFENDER_RETIRED.format(reason=f" ({graph_problem})" if graph_problem else ""))
-        if graph_problem:
-            note = GRAPH_FALLBACK_NOTE.format(reason=graph_problem)
-            if note not in self.hunting_notes:
-                self.hunting_notes.append(note)
+        if graph_problem and not self._fallback_noted:
+            self._fallback_noted = True  # said once per run, in the first result
+            self.hunting_notes.append(GRAPH_FALLBACK_NOTE.format(reason=graph_problem))
         try:
             body = self.run_defender_hunting_query(defender_time_filter(query, seconds) if seconds else query, timeout)
         except ApiError as exc:
@@ -3125,6 +3148,7 @@ def hunt_result(client: "Client", result: HuntResult, title: str, path: str, *, 
         out.readable = f"### The Query:\n```\n{query}\n```\n{out.readable}"
     if client.hunting_notes:
         out.readable += "\n\n" + "\n".join(f"**Note:** {note}" for note in client.hunting_notes)
+        client.hunting_notes.clear()
     return out
 
 
@@ -3215,7 +3239,6 @@ def advanced_hunting_command(client: "Client", args: dict) -> list[CommandResult
         collected.append({item.name: result.rows} if item.name else result.rows)
         title = f"Hunt results for {item.name} query" if item.name else "Hunt results"
         results.append(hunt_result(client, result, title, "Hunt.Result", context=collected[-1]))
-        client.hunting_notes.clear()  # said once, in the first result
     if is_batch:
         for result in results:
             result.outputs = {}
@@ -3280,7 +3303,8 @@ def build_client(params: dict, session: requests.Session | None = None, clock: C
     provider = build_token_provider(settings, session)
     client = Client(settings.cloud.api_base, BearerAuth(provider), verify=settings.verify, proxies=settings.proxies,
                     session=session, clock=clock)
-    client.configure_hunting(params, settings.cloud.graph_base, None)
+    client.configure_hunting(params, settings.cloud.graph_base,
+                             BearerAuth(build_token_provider(settings, session, graph=True)))
     return client
 
 

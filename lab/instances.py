@@ -18,7 +18,8 @@ SECRET_ENV = "MDE_CLIENT_SECRET"
 
 
 def _custom_cloud(ready: dict) -> dict[str, Any]:
-    return {"endpoint_type": "Custom", "url": ready["api_url"], "login_url": ready["login_url"]}
+    return {"endpoint_type": "Custom", "url": ready["api_url"], "login_url": ready["login_url"],
+            "graph_url": ready.get("graph_url", ready["api_url"])}
 
 
 def _secret(value: str) -> dict[str, str]:
@@ -50,6 +51,11 @@ def instance_params(ready: dict) -> dict[str, dict[str, Any]]:
                              "managed_identities_client_id": _secret(ready["managed_identity"]["user_assigned_client_id"])},
         "limited": {"auth_flow": "Client Credentials", "_auth_id_encrypted": _secret(clients["limited"]["client_id"]),
                     "_tenant_id_encrypted": _secret(tenant), "credentials": _secret(clients["limited"]["client_secret"])},
+        # granted the Defender API's AdvancedQuery.Read.All but not Graph's ThreatHunting.Read.All
+        "defender-hunting": {"auth_flow": "Client Credentials",
+                             "_auth_id_encrypted": _secret(clients["defender-hunting"]["client_id"]),
+                             "_tenant_id_encrypted": _secret(tenant),
+                             "credentials": _secret(clients["defender-hunting"]["client_secret"])},
     }
 
 

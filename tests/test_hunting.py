@@ -9,7 +9,7 @@ from datetime import datetime, timezone
 import duckdb_kql
 import pytest
 import requests
-from conftest import API, client_credentials_params, make_jwt, mock_entra
+from conftest import API, client_credentials_params, form, make_jwt, mock_entra
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
@@ -272,3 +272,143 @@ def test_after_retirement_the_defender_api_is_not_called(xsoar, requests_mock):
     run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"}, params=defender_params())
     assert "retired on 2027-02-01" in run.error and "ThreatHunting.Read.All" in run.error
     assert call.call_count == 0
+
+
+# -- Microsoft Graph back end and the fallback ------------------------------------------------------------------
+GRAPH_TOKEN = make_jwt({"aud": "https://graph.microsoft.com", "roles": ["ThreatHunting.Read.All"]})
+GRAPH_TOKEN_NO_ROLE = make_jwt({"aud": "https://graph.microsoft.com", "roles": []})
+DEFENDER_TOKEN = make_jwt({"roles": ["AdvancedQuery.Read.All", "Machine.Read.All"]})
+
+
+def entra_by_scope(requests_mock, graph_token=GRAPH_TOKEN, graph_error=None, login="https://login.microsoftonline.com"):
+    """The token endpoint answering per requested scope: the Defender token, or the Graph token (or an error)."""
+    endpoint = mock_entra(requests_mock, login=login)
+
+    def token(request, context):
+        if "graph" in form(request)["scope"]:
+            if graph_error:
+                context.status_code = 400
+                return graph_error
+            return {"token_type": "Bearer", "expires_in": 3599, "access_token": graph_token}
+        return {"token_type": "Bearer", "expires_in": 3599, "access_token": DEFENDER_TOKEN}
+
+    return requests_mock.post(endpoint._url, json=token)
+
+
+def test_auto_runs_on_graph_with_a_graph_token(xsoar, requests_mock):
+    tokens = entra_by_scope(requests_mock)
+    call = requests_mock.post(GRAPH, json=answer([ROW]))
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo | take 5", "time_range": "1 hour"})
+    assert call.last_request.json() == {"Query": "DeviceInfo | take 5", "Timespan": "PT3600S"}
+    assert call.last_request.headers["Authorization"] == f"Bearer {GRAPH_TOKEN}"
+    assert "https://graph.microsoft.com/.default" in [form(r)["scope"] for r in tokens.request_history]
+    assert run.context["MicrosoftATP.Hunt.Result"][0]["RemoteIP"] == "203.0.113.9"
+    assert "Note:" not in run.entry["HumanReadable"]
+    assert xsoar.context["graph_access_token"] == GRAPH_TOKEN  # kept apart from the Defender token
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"})
+    assert len([r for r in tokens.request_history if "graph" in r.text]) == 1  # reused across runs
+
+
+def test_graph_schema_with_capitalised_keys_is_read_too(xsoar, requests_mock):
+    entra_by_scope(requests_mock)
+    requests_mock.post(GRAPH, json={"Schema": [{"Name": "DeviceName", "Type": "String"}],
+                                    "results": [{"DeviceName": "a"}]})
+    run = xsoar.run("microsoft-atp-advanced-hunting-privilege-escalation", {"device_name": "a"})
+    assert run.context == {"MicrosoftATP.HuntPrivilegeEscalation.Result": [{"DeviceName": "a"}]}
+    assert "|DeviceName|" in run.entry["HumanReadable"]
+
+
+@pytest.mark.parametrize(("graph_token", "graph_error", "reason"), [
+    (GRAPH_TOKEN_NO_ROLE, None, "lacks the ThreatHunting.Read.All permission"),
+    (None, {"error": "invalid_scope", "error_description": "AADSTS70011: The provided value for scope is not valid.",
+            "error_codes": [70011]}, "no Microsoft Graph token could be had"),
+])
+def test_auto_falls_back_to_the_defender_api_and_says_so_once(xsoar, requests_mock, graph_token, graph_error,
+                                                             reason):
+    entra_by_scope(requests_mock, graph_token=graph_token, graph_error=graph_error)
+    graph = requests_mock.post(GRAPH, json=answer([ROW]))
+    defender = requests_mock.post(DEFENDER, json=answer([{"DeviceName": "x"}], "defender"))
+    batch = json.dumps([{"name": "a", "query": "DeviceInfo"}, {"name": "b", "query": "DeviceInfo"}])
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query_batch": batch})
+    assert graph.call_count == 0 and defender.call_count == 2
+    notes = [r["HumanReadable"].count("2027-02-01") for r in run.results]
+    assert notes == [1, 0]
+    assert reason in run.results[0]["HumanReadable"]
+
+
+def test_auto_falls_back_when_graph_refuses_the_query(xsoar, requests_mock):
+    entra_by_scope(requests_mock)
+    requests_mock.post(GRAPH, status_code=403, json={"error": {"code": "Forbidden", "message": "Missing role"}})
+    requests_mock.post(DEFENDER, json=answer([{"DeviceName": "x"}], "defender"))
+    run = xsoar.run("microsoft-atp-advanced-hunting-tampering", {})
+    assert run.context == {"MicrosoftATP.HuntTampering.Result": [{"DeviceName": "x"}]}
+    assert "Microsoft Graph refused the query (HTTP 403)" in run.entry["HumanReadable"]
+
+
+def test_graph_only_says_what_permission_to_grant(xsoar, requests_mock):
+    entra_by_scope(requests_mock, graph_token=GRAPH_TOKEN_NO_ROLE)
+    defender = requests_mock.post(DEFENDER, json=answer([], "defender"))
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"},
+                    params=client_credentials_params(hunting_api="Microsoft Graph"))
+    assert "Grant the app the Microsoft Graph application permission ThreatHunting.Read.All" in run.error
+    assert defender.call_count == 0
+
+
+def test_fallback_after_retirement_says_the_api_is_retired_and_what_to_grant(xsoar, requests_mock):
+    xsoar.clock.time = datetime(2027, 3, 1, tzinfo=timezone.utc).timestamp()
+    entra_by_scope(requests_mock, graph_token=make_jwt({"aud": "https://graph.microsoft.com", "roles": [],
+                                                        "exp": int(xsoar.clock.time) + 3600}))
+    defender = requests_mock.post(DEFENDER, json=answer([], "defender"))
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"})
+    assert "retired on 2027-02-01" in run.error and "ThreatHunting.Read.All" in run.error
+    assert "lacks the ThreatHunting.Read.All permission" in run.error
+    assert defender.call_count == 0
+
+
+def test_graph_cpu_quota_is_reported_without_retrying(xsoar, requests_mock):
+    entra_by_scope(requests_mock)
+    call = requests_mock.post(GRAPH, status_code=429, headers={"Retry-After": "852"}, json={"error": {
+        "code": "TooManyRequests", "message": "You have exceeded processing resources allocated to this tenant. "
+                                              "You can run queries again in 00:14:12."}})
+    run = xsoar.run("microsoft-atp-advanced-hunting-cover-up", {"query_purpose": "connected_devices",
+                                                                "username": "alex"})
+    assert "CPU quota" in run.error and call.call_count == 1 and xsoar.sleeps == []
+
+
+@pytest.mark.parametrize(("params", "graph_host", "login"), [
+    ({"endpoint_type": "US GCC"}, "https://graph.microsoft.com", "https://login.microsoftonline.com"),
+    ({"endpoint_type": "US GCC-High"}, "https://graph.microsoft.us", "https://login.microsoftonline.us"),
+    ({"endpoint_type": "DoD"}, "https://dod-graph.microsoft.us", "https://login.microsoftonline.us"),
+    ({"endpoint_type": "Custom", "url": "https://mde.example", "graph_url": "https://graph.example/"},
+     "https://graph.example", "https://login.microsoftonline.com"),
+])
+def test_each_cloud_hunts_on_its_own_graph_host(xsoar, requests_mock, params, graph_host, login):
+    tokens = entra_by_scope(requests_mock, login=login)
+    call = requests_mock.post(f"{graph_host}/v1.0/security/runHuntingQuery", json=answer([ROW]))
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"},
+                    params=client_credentials_params(**params))
+    assert not run.errors and call.call_count == 1
+    scopes = {form(r)["scope"] for r in tokens.request_history}
+    assert f"{graph_host}/.default" in scopes
+
+
+def test_permissions_listing_shows_both_tokens(xsoar, requests_mock):
+    entra_by_scope(requests_mock)
+    run = xsoar.run("microsoft-atp-list-auth-permissions")
+    assert run.entry["Contents"]["graph_roles"] == ["ThreatHunting.Read.All"]
+    assert "### Microsoft Graph permissions" in run.entry["HumanReadable"]
+    missing = {row["Missing permission"]: row["Commands it blocks"] for row in run.entry["Contents"]["missing"]}
+    assert not any("advanced-hunting" in commands for commands in missing.values())
+
+
+def test_permissions_listing_names_hunting_as_blocked_without_either_permission(xsoar, requests_mock):
+    entra_by_scope(requests_mock, graph_token=GRAPH_TOKEN_NO_ROLE)
+    requests_mock.post(mock_entra(requests_mock)._url, json=lambda request, context: {
+        "token_type": "Bearer", "expires_in": 3599,
+        "access_token": GRAPH_TOKEN_NO_ROLE if "graph" in form(request)["scope"] else make_jwt(
+            {"roles": ["Machine.Read.All"]})})
+    run = xsoar.run("microsoft-atp-list-auth-permissions")
+    missing = {row["Missing permission"]: row["Commands it blocks"] for row in run.entry["Contents"]["missing"]}
+    blocked = missing["ThreatHunting.Read.All or AdvancedQuery.Read.All or AdvancedQuery.Read"]
+    assert "microsoft-atp-advanced-hunting-cover-up" in blocked
+    assert "carries no permissions" in run.entry["HumanReadable"]
