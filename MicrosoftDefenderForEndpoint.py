@@ -61,6 +61,9 @@ FLOW_MANAGED_IDENTITY = "Azure Managed Identities"
 AUTH_FLOWS = (FLOW_XSOAR_APP, FLOW_CLIENT_CREDENTIALS, FLOW_AUTH_CODE, FLOW_MANAGED_IDENTITY)
 
 
+_COMMERCIAL_GRAPH = "https://graph.microsoft.com"
+
+
 @dataclass(frozen=True)
 class Cloud:
     """Where one Microsoft cloud keeps its login service and the Defender API."""
@@ -69,11 +72,16 @@ class Cloud:
     api_base: str  # Defender API host; the client appends /api
     scope: str  # OAuth2 scope of the Defender API application (WindowsDefenderATP)
     mi_resource: str  # resource asked of the managed-identity endpoint
-    graph_base: str = "https://graph.microsoft.com"  # Microsoft Graph (advanced hunting); also its MI resource
+    graph_base: str = _COMMERCIAL_GRAPH  # Microsoft Graph host (advanced hunting)
+    graph_resource: str = ""  # the Graph token's audience and managed-identity resource; graph_base when empty
+
+    @property
+    def graph_audience(self) -> str:
+        return self.graph_resource or self.graph_base
 
     @property
     def graph_scope(self) -> str:
-        return f"{self.graph_base}/.default"
+        return f"{self.graph_audience}/.default"
 
 
 _COMMERCIAL_LOGIN = "https://login.microsoftonline.com"
@@ -254,8 +262,8 @@ def resolve_cloud(params: dict) -> Cloud:
             raise ConfigurationError("Endpoint Type is 'Custom' but no Server URL is set. Enter the Defender API URL "
                                      f"in Server URL (e.g. {CLOUDS['Worldwide'].api_base}).")
         login = str(params.get("login_url") or "").strip().rstrip("/") or _COMMERCIAL_LOGIN
-        graph = str(params.get("graph_url") or "").strip().rstrip("/") or CLOUDS["Worldwide"].graph_base
-        return Cloud(login, url, _COMMERCIAL_SCOPE, CLOUDS["Worldwide"].mi_resource, graph)
+        graph = str(params.get("graph_url") or "").strip().rstrip("/") or _COMMERCIAL_GRAPH
+        return Cloud(login, url, _COMMERCIAL_SCOPE, CLOUDS["Worldwide"].mi_resource, graph, _COMMERCIAL_GRAPH)
     if endpoint_type not in CLOUDS:
         raise ConfigurationError(f"Endpoint Type '{endpoint_type}' is unknown. Choose one of: "
                                  f"{', '.join(ENDPOINT_TYPES)}.")
@@ -701,7 +709,7 @@ def build_token_provider(settings: AuthSettings, session: requests.Session, grap
                                     _digest(settings.tenant_id)]))
     if graph:
         cloud = settings.cloud
-        settings = replace(settings, cloud=replace(cloud, scope=cloud.graph_scope, mi_resource=cloud.graph_base))
+        settings = replace(settings, cloud=replace(cloud, scope=cloud.graph_scope, mi_resource=cloud.graph_audience))
     return PROVIDERS[settings.flow](settings, session, TokenStore(fingerprint, prefix="graph_" if graph else ""))
 
 

@@ -375,21 +375,25 @@ def test_graph_cpu_quota_is_reported_without_retrying(xsoar, requests_mock):
     assert "CPU quota" in run.error and call.call_count == 1 and xsoar.sleeps == []
 
 
-@pytest.mark.parametrize(("params", "graph_host", "login"), [
-    ({"endpoint_type": "US GCC"}, "https://graph.microsoft.com", "https://login.microsoftonline.com"),
-    ({"endpoint_type": "US GCC-High"}, "https://graph.microsoft.us", "https://login.microsoftonline.us"),
-    ({"endpoint_type": "DoD"}, "https://dod-graph.microsoft.us", "https://login.microsoftonline.us"),
+@pytest.mark.parametrize(("params", "graph_host", "audience", "login"), [
+    ({"endpoint_type": "US GCC"}, "https://graph.microsoft.com", "https://graph.microsoft.com",
+     "https://login.microsoftonline.com"),
+    ({"endpoint_type": "US GCC-High"}, "https://graph.microsoft.us", "https://graph.microsoft.us",
+     "https://login.microsoftonline.us"),
+    ({"endpoint_type": "DoD"}, "https://dod-graph.microsoft.us", "https://dod-graph.microsoft.us",
+     "https://login.microsoftonline.us"),
+    # a custom Graph URL (a proxy) still asks for a Microsoft Graph token
     ({"endpoint_type": "Custom", "url": "https://mde.example", "graph_url": "https://graph.example/"},
-     "https://graph.example", "https://login.microsoftonline.com"),
+     "https://graph.example", "https://graph.microsoft.com", "https://login.microsoftonline.com"),
 ])
-def test_each_cloud_hunts_on_its_own_graph_host(xsoar, requests_mock, params, graph_host, login):
+def test_each_cloud_hunts_on_its_own_graph_host(xsoar, requests_mock, params, graph_host, audience, login):
     tokens = entra_by_scope(requests_mock, login=login)
     call = requests_mock.post(f"{graph_host}/v1.0/security/runHuntingQuery", json=answer([ROW]))
     run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"},
                     params=client_credentials_params(**params))
     assert not run.errors and call.call_count == 1
     scopes = {form(r)["scope"] for r in tokens.request_history}
-    assert f"{graph_host}/.default" in scopes
+    assert f"{audience}/.default" in scopes
 
 
 def test_permissions_listing_shows_both_tokens(xsoar, requests_mock):
