@@ -111,7 +111,21 @@ def alerts_and_fetch(t: Tour, ready: dict) -> None:
     t.run("fetcher", "fetch")
 
 
-HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch]
+def hunt(t: Tour, ready: dict) -> None:
+    t.step("Advanced hunting on Microsoft Graph: a raw KQL query, then a template built from arguments")
+    found = json.loads(t.run("client-credentials", "microsoft-atp-advanced-hunting",
+                             'query=DeviceProcessEvents | where FileName =~ "procdump64.exe" '
+                             "| summarize Dumps = count() by DeviceName | top 3 by Dumps", "name=lsass_dumps",
+                             options=("--json",)))
+    device = found["MicrosoftATP.Hunt.Result"]["lsass_dumps"][0]["DeviceName"]
+    t.run("client-credentials", "microsoft-atp-advanced-hunting-lateral-movement-evidence",
+          "query_purpose=credential_dumping", f"device_name={device.split('.')[0]}", "show_query=true")
+    t.step("An app without ThreatHunting.Read.All: the hunt falls back to the retiring Defender API and says so")
+    t.run("defender-hunting", "microsoft-atp-advanced-hunting-tampering", f"device_name={device.split('.')[0]}",
+          "limit=3")
+
+
+HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch, hunt]
 
 
 def main() -> int:
