@@ -11,6 +11,7 @@ import jwt
 import pytest
 import requests
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
+from test_emulator import _token as client_credentials_token
 
 from mde_emulator.hunting_data import TABLES
 from mde_emulator.server import EmulatorServer, Options
@@ -33,12 +34,7 @@ def info(server):
 
 
 def token(info, client="full", scope=GRAPH_SCOPE) -> str:
-    c = info["clients"][client]
-    r = requests.post(f"{info['login_url']}/{info['tenant_id']}/oauth2/v2.0/token", verify=info["ca_bundle"],
-                      data={"client_id": c["client_id"], "client_secret": c["client_secret"],
-                            "grant_type": "client_credentials", "scope": scope}, timeout=10)
-    assert r.status_code == 200, r.text
-    return r.json()["access_token"]
+    return client_credentials_token(info, client, scope)
 
 
 def graph(info, query, timespan=None, bearer=None, client="full"):
