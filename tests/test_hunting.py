@@ -419,3 +419,20 @@ def test_permissions_listing_names_hunting_as_blocked_without_either_permission(
     blocked = missing["ThreatHunting.Read.All or AdvancedQuery.Read.All or AdvancedQuery.Read"]
     assert "microsoft-atp-advanced-hunting-cover-up" in blocked
     assert "carries no permissions" in run.entry["HumanReadable"]
+
+
+@pytest.mark.parametrize(("suffix", "purpose"), ALL_PURPOSES)
+def test_every_template_command_writes_its_contract_path(xsoar, requests_mock, suffix, purpose):
+    from conftest import declared_output_paths
+
+    name = f"microsoft-atp-advanced-hunting-{suffix}"
+    path = f"MicrosoftATP.{mde.HUNT_COMMANDS[suffix][0]}.Result" + (f".{purpose}" if purpose else "")
+    columns = [p[len(path) + 1:] for p in declared_output_paths()[name] if p.startswith(path + ".")
+               and "." not in p[len(path) + 1:]]
+    row = {column: "x" for column in columns} or {"DeviceName": "x"}
+    entra_by_scope(requests_mock)
+    call = requests_mock.post(GRAPH, json=answer([row]))
+    args = args_satisfying(mde.HUNT_TEMPLATES[suffix][purpose])
+    run = xsoar.run(name, {**args, **({"query_purpose": purpose} if purpose else {})})
+    assert run.context == {path: [row]}
+    assert duckdb_kql.parse(call.last_request.json()["Query"]).ok
