@@ -102,8 +102,7 @@ class Caller:
 
 
 def _now(emu: Emulator) -> dt.datetime:
-    clock = getattr(emu, "clock", None)
-    return clock.utcnow() if clock is not None else dt.datetime.now(dt.timezone.utc)
+    return emu.clock.utcnow()
 
 
 def _is_active(record: dict, now_key: str) -> bool:

@@ -4,6 +4,7 @@ quota switch."""
 
 from __future__ import annotations
 
+import datetime as dt
 import hashlib
 import uuid
 
@@ -236,8 +237,11 @@ def test_the_tenant_holds_at_most_15000_active_indicators():
         api = Api(srv, ["Ti.ReadWrite.All"])
         existing = len(api.values())
         values = [sha256(f"cap{i}") for i in range(15000 - existing)]
+        soon = (srv.emulator.clock.utcnow() + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
         for start in range(0, len(values), 500):
-            assert not any(r["isFailed"] for r in api.imported([indicator(v) for v in values[start:start + 500]]))
+            extra = {"expirationTime": soon} if start == 0 else {}  # the first 500 expire in an hour
+            batch = [indicator(v, **extra) for v in values[start:start + 500]]
+            assert not any(r["isFailed"] for r in api.imported(batch))
         r = api.submit(indicator(sha256("one too many")))
         assert r.status_code == 400 and "15000" in r.json()["error"]["message"]
         over = api.imported([indicator(sha256("over")), indicator(values[0], title="updated at the cap")])
@@ -246,6 +250,22 @@ def test_the_tenant_holds_at_most_15000_active_indicators():
         assert len(page["value"]) == 10000 and "$skip=10000" in page["@odata.nextLink"]
         rest = requests.get(page["@odata.nextLink"], headers=api.headers, verify=api.ca, timeout=60).json()
         assert len(rest["value"]) == 5000 and "@odata.nextLink" not in rest
-        first_id = next(r["id"] for r in api.imported([indicator(values[1])]))
+        first_id = next(r["id"] for r in api.imported([indicator(values[-1])]))
         assert api.call("DELETE", f"/api/indicators/{first_id}").status_code == 204
         assert api.submit(indicator(sha256("room again"))).status_code == 200
+        assert api.submit(indicator(sha256("no room"))).status_code == 400
+
+        requests.post(f"{srv.base_url}/admin/clock", json={"advance": 7200}, verify=api.ca, timeout=10)
+        later = Api(srv, ["Ti.ReadWrite.All"])
+        results = later.imported([indicator(sha256(f"after expiry {i}")) for i in range(499)])
+        assert not any(r["isFailed"] for r in results)  # expired indicators no longer count against the cap
+
+
+def test_expiration_is_judged_by_the_emulator_clock(server, api):
+    soon = (server.emulator.clock.utcnow() + dt.timedelta(hours=1)).strftime("%Y-%m-%dT%H:%M:%SZ")
+    made = api.submit(indicator(sha256("expiring"), expirationTime=soon)).json()
+    assert made["expirationTime"] == soon[:19] + ".0000000Z"
+    requests.post(f"{server.base_url}/admin/clock", json={"advance": 7200}, verify=str(server.ca_path), timeout=10)
+    later = Api(server, ["Ti.ReadWrite.All"])  # the old token expired with the clock too
+    r = later.submit(indicator(sha256("expiring-2"), expirationTime=soon))
+    assert r.status_code == 400 and "in the past" in r.json()["error"]["message"]
