@@ -2625,7 +2625,7 @@ INDICATOR = EntitySpec({name: name for name in (
     "createdByDisplayName", "application", "createdBySource", "historicalDetection", "lastUpdatedBy",
     "creationTimeDateTimeUtc", "category", "createdBy", "educateUrl", "sourceType", "externalID")},
     path="Indicators", key=("id",), headers=("id", "indicatorValue", "indicatorType", "action", "severity", "title",
-                                             "expirationTime", "generateAlert", "createdByDisplayName"))
+                                             "expirationTime"))
 IMPORT_OUTCOME = EntitySpec({"id": "ID", "indicator": "Value", "isFailed": "IsFailed",
                              "failureReason": "FailureReason", "outcome": "Outcome"},
                             path="Indicators", key=("ID",), headers=("Value", "Outcome", "ID", "FailureReason"))
