@@ -28,6 +28,7 @@ from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlsplit
 
+from .common import check_body
 from .odata import BOOL, DATETIME, STR, STR_LIST, Schema, format_datetime, parse_datetime
 from .web import ApiError, Request, Response, Route, entity, not_found, require_body, serve_collection
 
@@ -119,15 +120,10 @@ def _datetime_key(text: str) -> str:
 # Validation of one submitted indicator
 # -----------------------------------------------------------------------------------------------------------------
 def _check_names(body: dict) -> None:
-    allowed = REQUIRED + OPTIONAL
-    for name in body:
-        if name not in allowed:
-            hint = next((a for a in allowed if a.lower() == name.lower()), None)
-            detail = f" Did you mean '{hint}'? Parameter names are case-sensitive." if hint else ""
-            raise ItemError(400, "InvalidRequestBody", f"Request body contains an unknown parameter '{name}'.{detail}")
-    for name in REQUIRED:
-        if body.get(name) in (None, ""):
-            raise ItemError(400, "MissingRequiredParameter", f"Missing required parameter '{name}'.")
+    try:
+        check_body(body, REQUIRED, OPTIONAL)
+    except ApiError as exc:  # in an import, one item's error is that item's failure
+        raise ItemError(exc.status, exc.code, exc.message) from None
 
 
 def _enum(value, allowed: tuple[str, ...], name: str) -> str:
