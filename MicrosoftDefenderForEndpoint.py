@@ -2589,7 +2589,7 @@ HASH_TYPES = {"FileSha1": (40, "SHA-1 hash"), "FileSha256": (64, "SHA-256 hash")
               "CertificateThumbprint": (40, "certificate thumbprint (SHA-1)")}
 NETWORK_TYPES = ("IpAddress", "DomainName", "Url")
 # Actions Microsoft accepts only for some types; Audit also needs generateAlert.
-ACTION_TYPES = {"Warn": ("Url", "DomainName"), "BlockAndRemediate": tuple(HASH_TYPES)}
+INDICATOR_ACTION_TYPES = {"Warn": ("Url", "DomainName"), "BlockAndRemediate": tuple(HASH_TYPES)}
 INDICATOR_FILTER_FIELDS = ("application", "createdByDisplayName", "expirationTime", "generateAlert", "title",
                            "rbacGroupNames", "rbacGroupIds", "indicatorValue", "indicatorType",
                            "creationTimeDateTimeUtc", "createdBy", "action", "severity")
@@ -2756,10 +2756,10 @@ def checked_indicator(fields: dict, names: IndicatorNames, now: datetime) -> dic
     body = {"indicatorValue": validate_indicator_value(kind, fields["indicatorValue"], names.value),
             "indicatorType": kind, "action": action, "title": str(fields["title"]).strip(),
             "description": str(fields["description"]).strip()}
-    if action in ACTION_TYPES and kind not in ACTION_TYPES[action]:
+    if action in INDICATOR_ACTION_TYPES and kind not in INDICATOR_ACTION_TYPES[action]:
         raise ArgumentError(f"{names.action}={action} applies only to indicator types "
-                            f"{', '.join(ACTION_TYPES[action])}; {kind} indicators take "
-                            f"{', '.join(a for a in INDICATOR_ACTIONS if kind in ACTION_TYPES.get(a, (kind,)))}.")
+                            f"{', '.join(INDICATOR_ACTION_TYPES[action])}; {kind} indicators take "
+                            f"{', '.join(a for a in INDICATOR_ACTIONS if kind in INDICATOR_ACTION_TYPES.get(a, (kind,)))}.")
     generate_alert = arg_to_bool(fields.get("generateAlert"), names.generate_alert, default=action == "Audit")
     if action == "Audit" and not generate_alert:
         raise ArgumentError(f"{names.generate_alert} must be true for {names.action}=Audit: an Audit indicator "
