@@ -2693,7 +2693,7 @@ class IndicatorsApi:
         return self.paginate("indicators", params, limit=limit, offset=offset, page_size=page_size)
 
     def get_indicator(self, indicator_id: str) -> dict:
-        return self.request("GET", f"indicators/{segment(indicator_id)}") or {}
+        return self.request("GET", f"indicators/{segment(indicator_id, 'indicator_id')}") or {}
 
     def submit_indicator(self, indicator: dict) -> dict:
         return self.request("POST", "indicators", json_body=indicator) or {}
@@ -2703,10 +2703,10 @@ class IndicatorsApi:
             "value") or []
 
     def delete_indicator(self, indicator_id: str) -> None:
-        self.request("DELETE", f"indicators/{segment(indicator_id)}")
+        self.request("DELETE", f"indicators/{segment(indicator_id, 'indicator_id')}", expect=None)
 
     def batch_delete_indicators(self, indicator_ids: list[str]) -> None:
-        self.request("POST", "indicators/BatchDelete", json_body={"IndicatorIds": indicator_ids})
+        self.request("POST", "indicators/BatchDelete", json_body={"IndicatorIds": indicator_ids}, expect=None)
 
 
 # ---- indicators: checking values before any call ----------------------------------------------
@@ -3012,7 +3012,7 @@ def batch_items(value: Any) -> list:
                 text = handle.read()
         except Exception as exc:  # the platform raises its own error types for unknown entries
             raise ArgumentError(f"indicator_batch: '{value}' is neither a JSON list nor a readable file entry "
-                                f"({type(exc).__name__}: {exc}).") from None
+                                f"({exc}).") from None
     try:
         items = json.loads(text)
     except ValueError as exc:
