@@ -641,3 +641,27 @@ def test_indicator_ids_in_paths_are_one_segment(xsoar, ti):
     ti.get(f"{INDICATORS}/123", json=api_indicator(indicator_id="123"))
     xsoar.run("microsoft-atp-sc-indicator-get-by-id", {"indicator_id": " 123 "})
     assert [unquote(urlparse(r.url).path) for r in api_calls(ti)] == ["/api/indicators/123"]
+
+
+def test_batch_delete_keeps_going_past_a_refused_chunk_and_a_chunk_of_missing_ids(xsoar, ti):
+    batch = ti.post(f"{INDICATORS}/BatchDelete", [
+        {"status_code": 403, "json": {"error": {"code": "Forbidden", "message": "device group"}}},
+        {"status_code": 404, "json": {"error": {"code": "ResourceNotFound", "message": "missing"}}},
+        {"status_code": 204}])
+    ti.get(INDICATORS, json={"value": []})
+    ids = [str(i) for i in range(1, 1002)]
+    run = xsoar.run("microsoft-atp-sc-indicator-delete", {"indicator_id": ",".join(ids)})
+    assert [len(r.json()["IndicatorIds"]) for r in batch.request_history] == [500, 500, 1]
+    assert run.entry["Contents"]["deleted"] == ["1001"]
+    reasons = {f["id"]: f["error"] for f in run.entry["Contents"]["failed"]}
+    assert "HTTP 403" in reasons["1"] and "No such indicator" in reasons["501"]
+
+
+def test_an_item_missing_from_microsofts_import_answer_is_reported(xsoar, ti):
+    ti.post(f"{INDICATORS}/import", json={"value": [
+        {"id": "1", "indicator": sha256(1), "isFailed": False, "failureReason": None}]})
+    run = xsoar.run("microsoft-atp-indicator-batch-update",
+                    {"indicator_batch": [item(sha256(1)), item(sha256(2))]})
+    found = outcomes(run)
+    assert found[sha256(1)]["Outcome"] == "Created"
+    assert "did not mention this indicator" in found[sha256(2)]["FailureReason"]
