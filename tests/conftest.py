@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -73,6 +74,9 @@ class Xsoar:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path):
         self.monkeypatch = monkeypatch
         self.context: dict = {}
+        self.context_version = 0
+        self.before_context_write: Callable[[], None] | None = None  # e.g. another run writing first
+        self.clock: mde.Clock | None = None  # main()'s clock; None: the system clock
         self.last_run: dict = {}
         self.params: dict = client_credentials_params()
         self.sleeps: list[float] = []
@@ -91,6 +95,8 @@ class Xsoar:
         mp.setattr(demistomock, "results", lambda entry: run.results.append(entry))
         mp.setattr(demistomock, "getIntegrationContext", lambda: json.loads(json.dumps(self.context)))
         mp.setattr(demistomock, "setIntegrationContext", self._set_context)
+        mp.setattr(demistomock, "getIntegrationContextVersioned", self._get_context_versioned)
+        mp.setattr(demistomock, "setIntegrationContextVersioned", self._set_context_versioned)
         mp.setattr(demistomock, "getLastRun", lambda: json.loads(json.dumps(self.last_run)))
         mp.setattr(demistomock, "setLastRun", self._set_last_run)
         mp.setattr(demistomock, "incidents", lambda incidents: run.incidents.extend(incidents))
@@ -98,11 +104,23 @@ class Xsoar:
         mp.setattr(demistomock, "uniqueFile", lambda: "file1")
         for level in ("debug", "info", "error"):
             mp.setattr(demistomock, level, lambda msg, *a, _l=level: run.logs.append(f"{_l}: {msg}"))
-        mde.main()
+        mde.main(clock=self.clock) if self.clock else mde.main()
         return run
 
     def _set_context(self, context: dict) -> None:
         self.context = json.loads(json.dumps(context))
+        self.context_version += 1
+
+    def _get_context_versioned(self, refresh: bool = False) -> dict:
+        return {"context": json.loads(json.dumps(self.context)), "version": self.context_version}
+
+    def _set_context_versioned(self, context: dict, version: int = -1, sync: bool = False) -> None:
+        if self.before_context_write:
+            hook, self.before_context_write = self.before_context_write, None
+            hook()
+        if version != -1 and version != self.context_version:
+            raise ValueError(f"version {version} is stale (stored {self.context_version})")
+        self._set_context(context)
 
     def _set_last_run(self, last_run: dict) -> None:
         self.last_run = json.loads(json.dumps(last_run))

@@ -5,6 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
+import sys
 import time
 from urllib.parse import parse_qs, urlparse
 
@@ -501,7 +502,8 @@ def test_test_module_checks_fetch_settings_when_fetching(xsoar, requests_mock):
 
 
 def test_a_docker_image_without_msal_gets_a_clear_error(xsoar, requests_mock, monkeypatch):
-    monkeypatch.setattr(mde, "msal", None)
+    monkeypatch.setattr(mde, "msal", None)  # not imported yet ...
+    monkeypatch.setitem(sys.modules, "msal", None)  # ... and `import msal` fails, as in an image without it
     assert "needs the Python package msal" in xsoar.run("microsoft-atp-test").error
     assert "needs the Python package msal" in xsoar.run(
         "microsoft-atp-test", params={"auth_flow": "Azure Managed Identities"}).error
