@@ -662,13 +662,20 @@ class TokenProvider:
                  clock: Clock = SYSTEM_CLOCK):
         self.settings, self.session, self.store, self.network, self.clock = settings, session, store, network, clock
         self.run_id = secrets.token_hex(8)
+        self.issued: str | None = None  # the token this run last handed out
 
     def validate(self) -> None:
         """Raise ConfigurationError naming the missing parameter."""
 
-    def get_token(self, rejected: str | None = None) -> str:
+    def get_token(self, force_refresh: bool = False) -> str:
         """A valid token: the stored one, or a new one requested by exactly one of the runs that need it
-        (the others wait for it). `rejected` is a token the API just refused: never returned again."""
+        (the others wait for it). `force_refresh`: the API refused the token this run was given; a newer
+        one another run saved is fine, that one never again."""
+        rejected = self.issued if force_refresh else None
+        self.issued = self._get_token(rejected)
+        return self.issued
+
+    def _get_token(self, rejected: str | None) -> str:
         self.validate()
         deadline = self.clock.now() + TOKEN_LEASE_SECONDS + TOKEN_LEASE_POLL
         while self.clock.now() < deadline:
@@ -992,14 +999,11 @@ class BearerAuth(requests.auth.AuthBase):
 
     def __init__(self, provider: TokenProvider):
         self.provider = provider
-        self.force_refresh = False  # set by the Client after a 401: the token last sent was refused
-        self.last_token: str | None = None
+        self.force_refresh = False  # set by the Client after a 401
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
-        rejected = self.last_token if self.force_refresh else None
-        self.last_token = self.provider.get_token(rejected=rejected)
+        request.headers["Authorization"] = f"Bearer {self.provider.get_token(force_refresh=self.force_refresh)}"
         self.force_refresh = False
-        request.headers["Authorization"] = f"Bearer {self.last_token}"
         return request
 
 
