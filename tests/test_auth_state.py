@@ -354,3 +354,18 @@ def test_legacy_state_without_a_fingerprint_is_adopted(xsoar, requests_mock, clo
     xsoar.context = {"access_token": "legacy-token-123456", "valid_until": START + 600}
     assert xsoar.run("microsoft-atp-test").errors == []
     assert alerts.last_request.headers["Authorization"] == "Bearer legacy-token-123456"
+
+
+# ---- instance parameters the plugin reads ------------------------------------------------------------
+
+
+@pytest.mark.parametrize("name", ["insecure", "proxy", "is_gcc"])
+def test_a_checkbox_parameter_that_is_not_a_boolean_is_named(xsoar, name):
+    run = xsoar.run("microsoft-atp-test", params=client_credentials_params(**{name: "maybe"}))
+    assert f"({name}) must be true or false (got 'maybe')" in run.error
+
+
+@pytest.mark.parametrize("name, label", [("url", "Server URL (url)"), ("login_url", "Login URL (login_url)")])
+def test_a_custom_cloud_url_that_is_not_a_url_is_named(xsoar, name, label):
+    params = client_credentials_params(endpoint_type="Custom", url="https://api.example.test", **{name: "not a url"})
+    assert f"{label} 'not a url' is not a URL" in xsoar.run("microsoft-atp-test", params=params).error
