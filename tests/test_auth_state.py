@@ -367,5 +367,5 @@ def test_a_checkbox_parameter_that_is_not_a_boolean_is_named(xsoar, name):
 
 @pytest.mark.parametrize("name, label", [("url", "Server URL (url)"), ("login_url", "Login URL (login_url)")])
 def test_a_custom_cloud_url_that_is_not_a_url_is_named(xsoar, name, label):
-    params = client_credentials_params(endpoint_type="Custom", url="https://api.example.test", **{name: "not a url"})
+    params = client_credentials_params(endpoint_type="Custom", **{"url": "https://api.example.test", name: "not a url"})
     assert f"{label} 'not a url' is not a URL" in xsoar.run("microsoft-atp-test", params=params).error
