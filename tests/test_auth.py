@@ -32,16 +32,6 @@ import MicrosoftDefenderForEndpoint as mde
 
 ALERTS_PROBE = "/alerts?%24top=1&%24skip=0"
 
-
-class FixedClock(mde.Clock):
-    """Time that moves only when a test moves it."""
-
-    def __init__(self) -> None:
-        self.time = 1_800_000_000.0
-
-    def now(self) -> float:
-        return self.time
-
 CLOUD_CASES = [
     # endpoint type, login host, API base, scope
     ("Worldwide", LOGIN, "https://api.securitycenter.microsoft.com",
@@ -95,14 +85,13 @@ def test_custom_endpoint_without_url_names_the_parameter(xsoar):
 
 
 def test_token_is_reused_across_runs_until_it_expires(xsoar, requests_mock):
-    xsoar.clock = FixedClock()
     token_endpoint = mock_entra(requests_mock, expires_in=3599)
     requests_mock.get(f"{API}/alerts", json={"value": []})
     for _ in range(3):
         assert xsoar.run("microsoft-atp-test").errors == []
     assert token_endpoint.call_count == 1
 
-    xsoar.clock.time += 3600
+    xsoar.clock.advance(3600)
     assert xsoar.run("microsoft-atp-test").errors == []
     assert token_endpoint.call_count == 2
 
@@ -253,7 +242,6 @@ def test_login_url_is_encoded_and_carries_state(xsoar):
 
 
 def test_code_is_exchanged_once_and_refresh_tokens_rotate(xsoar, requests_mock):
-    xsoar.clock = FixedClock()
     token_endpoint = mock_entra(requests_mock)
     requests_mock.post(f"{LOGIN}/{TENANT}/oauth2/v2.0/token", [
         {"json": {"access_token": make_jwt({"n": 1}), "refresh_token": "rt-one-0123456789", "expires_in": 3599}},
@@ -271,7 +259,7 @@ def test_code_is_exchanged_once_and_refresh_tokens_rotate(xsoar, requests_mock):
     assert first["redirect_uri"] == REDIRECT
     assert xsoar.context["current_refresh_token"] == "rt-one-0123456789"
 
-    xsoar.clock.time += 7200
+    xsoar.clock.advance(7200)
     assert xsoar.run("microsoft-atp-test", params=params).errors == []
     posts = [r for r in requests_mock.request_history if r.method == "POST"]
     second = form(posts[1])
@@ -378,7 +366,6 @@ def decrypt_oproxy_token(encrypted: str) -> str:
 
 
 def test_oproxy_request_format(xsoar, requests_mock):
-    xsoar.clock = FixedClock()
     oproxy = requests_mock.post(mde.OPROXY_URL, json={"access_token": make_jwt(), "expires_in": 3595})
     requests_mock.get(f"{API}/alerts", json={"value": []})
 
@@ -399,7 +386,6 @@ def test_oproxy_registration_id_with_url_override(xsoar, requests_mock):
 
 
 def test_oproxy_failure_backs_off_and_hides_the_key(xsoar, requests_mock):
-    xsoar.clock = FixedClock()
     requests_mock.post(mde.OPROXY_URL, status_code=400, json={"title": "Bad request", "detail": "wrong key"})
     run = xsoar.run("microsoft-atp-test", params=oproxy_params())
     assert "Bad request. wrong key" in run.error

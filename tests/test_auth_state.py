@@ -10,7 +10,16 @@ from pathlib import Path
 
 import pytest
 import requests
-from conftest import API, CLIENT_SECRET, LOGIN, TENANT, client_credentials_params, make_jwt, mock_entra
+from conftest import (
+    API,
+    CLIENT_SECRET,
+    LOGIN,
+    TENANT,
+    FakeClock,
+    client_credentials_params,
+    make_jwt,
+    mock_entra,
+)
 from cryptography import x509
 from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import rsa
@@ -24,27 +33,22 @@ OTHER_TENANT = "99999999-2222-3333-4444-555555555555"
 START = 1_800_000_000.0
 
 
-class FakeClock(mde.Clock):
-    """Time that moves only when the code sleeps (or a test says so)."""
+class ObservedClock(FakeClock):
+    """A fake clock that lets a test act (as another run would) while the plugin sleeps."""
 
     def __init__(self) -> None:
-        self.time = START
-        self.sleeps: list[float] = []
+        super().__init__(START)
         self.on_sleep = None
 
-    def now(self) -> float:
-        return self.time
-
     def sleep(self, seconds: float) -> None:
-        self.sleeps.append(seconds)
-        self.time += seconds
+        super().sleep(seconds)
         if self.on_sleep:
             self.on_sleep()
 
 
 @pytest.fixture
-def clock(xsoar) -> FakeClock:
-    xsoar.clock = FakeClock()
+def clock(xsoar) -> ObservedClock:
+    xsoar.clock = ObservedClock()
     return xsoar.clock
 
 
