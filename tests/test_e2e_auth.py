@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
 from e2e import token_requests
@@ -29,13 +28,9 @@ def test_authorization_code_flow_signs_in_once_and_then_refreshes(lab):
     login = lab.mde.run(instance, "microsoft-atp-generate-login-url", options=("--raw",), check=True)
     set_auth_code(instance, sign_in(json.loads(login.stdout)["login_url"], lab.emulator.ready["ca_bundle"]))
     before = token_requests(lab.emulator)
-    lab.emulator.set_faults(token_lifetime=1)  # every run needs a new access token
-    try:
-        for _ in range(3):
-            assert "Success" in lab.mde.run(instance, "microsoft-atp-test", check=True).stdout
-            time.sleep(1)  # the 1-second token is reused for half its lifetime
-    finally:
-        lab.emulator.set_faults(token_lifetime=3600)
+    for _ in range(3):
+        assert "Success" in lab.mde.run(instance, "microsoft-atp-test", check=True).stdout
+        lab.emulator.advance_clock(3601)  # the access token expires: the next run refreshes it
     after = token_requests(lab.emulator)
     assert after.get("authorization_code", 0) - before.get("authorization_code", 0) == 1
     assert after.get("refresh_token", 0) - before.get("refresh_token", 0) == 2  # rotated twice
