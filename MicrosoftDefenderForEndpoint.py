@@ -692,8 +692,7 @@ class TokenProvider:
             if token:
                 REDACT.add(token)
                 return token
-            lease = state.get("token_lease") or {}
-            if lease.get("owner") not in (None, self.run_id) and self.clock.now() < float(lease.get("until") or 0):
+            if self._leased_by_another_run(state.get("token_lease") or {}):
                 self.clock.sleep(TOKEN_LEASE_POLL)  # another run is asking for the token right now
                 continue
             claimed = self.store.with_state(context, token_lease={"owner": self.run_id,
@@ -701,6 +700,11 @@ class TokenProvider:
             if self.store.write(claimed, version):
                 return self._acquire_and_save(state, rejected)
         raise AuthError("Another run of this instance is still requesting a token. Try the command again.")
+
+    def _leased_by_another_run(self, lease: dict) -> bool:
+        remaining = float(lease.get("until") or 0) - self.clock.now()
+        # a lease reaching further than any run takes one for comes from a clock far off ours: ignore it
+        return lease.get("owner") not in (None, self.run_id) and 0 < remaining <= TOKEN_LEASE_SECONDS
 
     def _acquire_and_save(self, state: dict, rejected: str | None) -> str:
         try:

@@ -373,3 +373,39 @@ def test_a_checkbox_parameter_that_is_not_a_boolean_is_named(xsoar, name):
 def test_a_custom_cloud_url_that_is_not_a_url_is_named(xsoar, name, label):
     params = client_credentials_params(endpoint_type="Custom", **{"url": "https://api.example.test", name: "not a url"})
     assert f"{label} 'not a url' is not a URL" in xsoar.run("microsoft-atp-test", params=params).error
+
+
+def test_a_lease_from_a_clock_far_ahead_is_not_waited_for(xsoar, requests_mock, clock):
+    mock_entra(requests_mock)
+    requests_mock.get(f"{API}/alerts", json={"value": []})
+    fingerprint = mde.build_client(client_credentials_params()).provider.store.fingerprint
+    xsoar.context = {"auth_fingerprint": fingerprint, "token_lease": {"owner": "skewed-run", "until": START + 86400}}
+    assert xsoar.run("microsoft-atp-test").errors == []
+    assert token_request_count(requests_mock) == 1 and clock.sleeps == []
+
+
+def test_a_platform_without_the_versioned_context_pair_still_works(xsoar, requests_mock, clock, monkeypatch):
+    """Older XSOAR servers have only the plain get/set pair: same token reuse, no race protection."""
+    mock_entra(requests_mock)
+    requests_mock.get(f"{API}/alerts", json={"value": []})
+    monkeypatch.setattr(mde.TokenStore, "_versioned", staticmethod(lambda: False))
+    monkeypatch.setattr(xsoar, "_set_context_versioned", None)  # never called
+    for _ in range(3):
+        assert xsoar.run("microsoft-atp-test").errors == []
+    assert token_request_count(requests_mock) == 1
+    assert xsoar.context_version == 2 and xsoar.context["access_token"]  # the lease, then the token
+
+
+def test_an_unexpected_msal_exception_is_an_error_entry_without_secrets(xsoar, requests_mock, clock, monkeypatch,
+                                                                        capfd):
+    import msal
+
+    def fail(self, scopes, **kwargs):
+        raise RuntimeError(f"internal state broken near {CLIENT_SECRET}")
+
+    mock_entra(requests_mock)
+    monkeypatch.setattr(msal.ConfidentialClientApplication, "acquire_token_for_client", fail)
+    run = xsoar.run("microsoft-atp-test")
+    assert run.error == "The token request failed: RuntimeError: internal state broken near <redacted>"
+    assert capfd.readouterr().err == ""
+    assert "token_lease" not in xsoar.context
