@@ -26,6 +26,7 @@ import binascii
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
@@ -33,16 +34,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, urlencode, urljoin, urlparse
 
 import requests
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-try:
-    import msal
-except ImportError:  # a docker image without msal: only the Cortex XSOAR app flow can work (see require_msal)
-    msal = None
 
 import demistomock as demisto
 
@@ -205,24 +200,7 @@ def log_debug(message: str) -> None:
 # 3. Auth providers
 # ============================================================================================
 
-
-@dataclass
-class AuthSettings:
-    """Everything the auth layer needs, resolved from current and legacy instance parameters."""
-
-    flow: str
-    cloud: Cloud
-    client_id: str = ""  # app (client) id, or the XSOAR app registration id
-    tenant_id: str = ""  # Entra tenant id, or the XSOAR app token
-    secret: str = ""  # client secret, or the XSOAR app encryption key
-    thumbprint: str = ""
-    private_key: str = ""
-    redirect_uri: str = ""
-    auth_code: str = ""
-    managed_identity_client_id: str = ""
-    oproxy_url: str = OPROXY_URL
-    verify: bool = True
-    proxies: dict[str, str] = field(default_factory=dict)
+# ---- settings: one small class per flow --------------------------------------------------------
 
 
 def _credential(params: dict, name: str, part: str = "password") -> str:
@@ -236,40 +214,81 @@ def _first(*values: str) -> str:
     return next((value for value in values if value), "")
 
 
+def _text(params: dict, name: str) -> str:
+    return str(params.get(name) or "").strip()
+
+
+def _param_bool(params: dict, name: str, label: str) -> bool:
+    try:
+        return arg_to_bool(params.get(name), f"{label} ({name})")
+    except ArgumentError as exc:
+        raise ConfigurationError(f"Instance parameter {exc}") from None
+
+
 def resolve_flow(params: dict) -> str:
     """The "Authentication Flow" parameter, or the flow older instances imply."""
-    flow = str(params.get("auth_flow") or "").strip()
+    flow = _text(params, "auth_flow")
     if flow:
         if flow not in AUTH_FLOWS:
             raise ConfigurationError(f"Authentication Flow '{flow}' is not supported. Choose one of: "
                                      f"{', '.join(AUTH_FLOWS)}.")
         return flow
-    legacy_type = str(params.get("auth_type") or "").strip()
-    if legacy_type == FLOW_MANAGED_IDENTITY:
-        return FLOW_MANAGED_IDENTITY
-    if legacy_type == FLOW_AUTH_CODE:
-        return FLOW_AUTH_CODE
-    if argToBoolean(params.get("self_deployed", False)):
+    legacy_type = _text(params, "auth_type")
+    if legacy_type in (FLOW_MANAGED_IDENTITY, FLOW_AUTH_CODE):
+        return legacy_type
+    if _param_bool(params, "self_deployed", "Use a self-deployed Azure Application"):
         return FLOW_CLIENT_CREDENTIALS
     return FLOW_XSOAR_APP
 
 
+def _https_url(value: str, label: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise ConfigurationError(f"{label} '{value}' is not a URL. Enter it as https://host[:port][/path].")
+    return value
+
+
 def resolve_cloud(params: dict) -> Cloud:
-    endpoint_type = str(params.get("endpoint_type") or "Worldwide").strip()
-    if argToBoolean(params.get("is_gcc", False)):
+    endpoint_type = _text(params, "endpoint_type") or "Worldwide"
+    if _param_bool(params, "is_gcc", "Using Microsoft GCC"):
         endpoint_type = "US GCC"
-    url = str(params.get("url") or "").strip().rstrip("/")
+    url = _text(params, "url").rstrip("/")
     if endpoint_type == CUSTOM_CLOUD:
         if not url:
             raise ConfigurationError("Endpoint Type is 'Custom' but no Server URL is set. Enter the Defender API URL "
                                      f"in Server URL (e.g. {CLOUDS['Worldwide'].api_base}).")
-        login = str(params.get("login_url") or "").strip().rstrip("/") or _COMMERCIAL_LOGIN
-        graph = str(params.get("graph_url") or "").strip().rstrip("/") or _COMMERCIAL_GRAPH
-        return Cloud(login, url, _COMMERCIAL_SCOPE, CLOUDS["Worldwide"].mi_resource, graph, _COMMERCIAL_GRAPH)
+        login = _text(params, "login_url").rstrip("/") or _COMMERCIAL_LOGIN
+        graph = _text(params, "graph_url").rstrip("/") or _COMMERCIAL_GRAPH
+        return Cloud(_https_url(login, "Login URL (login_url)"), _https_url(url, "Server URL (url)"),
+                     _COMMERCIAL_SCOPE, CLOUDS["Worldwide"].mi_resource,
+                     _https_url(graph, "Microsoft Graph URL (graph_url)"), _COMMERCIAL_GRAPH)
     if endpoint_type not in CLOUDS:
         raise ConfigurationError(f"Endpoint Type '{endpoint_type}' is unknown. Choose one of: "
                                  f"{', '.join(ENDPOINT_TYPES)}.")
     return CLOUDS[endpoint_type]
+
+
+def auth_values(params: dict) -> dict[str, Any]:
+    """The one place where current and legacy instance parameters become the values the flows read.
+
+    Legacy names, newest first: ID = _auth_id_encrypted, _auth_id, auth_id; Token = _tenant_id_encrypted,
+    _tenant_id, tenant_id; Key = credentials, enc_key; certificate = creds_certificate, then
+    certificate_thumbprint + private_key; the flow from self_deployed/auth_type; the cloud from is_gcc."""
+    return {
+        "flow": resolve_flow(params),
+        "cloud": resolve_cloud(params),
+        "id": _first(_credential(params, "_auth_id_encrypted"), _text(params, "_auth_id"), _text(params, "auth_id")),
+        "token": _first(_credential(params, "_tenant_id_encrypted"), _text(params, "_tenant_id"),
+                        _text(params, "tenant_id")),
+        "key": _first(_credential(params, "credentials"), _text(params, "enc_key")),
+        "thumbprint": normalize_thumbprint(_first(_credential(params, "creds_certificate", "identifier"),
+                                                  _text(params, "certificate_thumbprint"))),
+        "private_key": normalize_private_key(_first(_credential(params, "creds_certificate"),
+                                                    _text(params, "private_key"))),
+        "redirect_uri": _text(params, "redirect_uri"),
+        "auth_code": _credential(params, "auth_code"),
+        "managed_identity_client_id": _credential(params, "managed_identities_client_id"),
+    }
 
 
 def normalize_thumbprint(value: str) -> str:
@@ -292,82 +311,218 @@ def normalize_private_key(value: str) -> str:
     return "\n".join([header, *lines, footer]) + "\n"
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class XsoarAppSettings:
+    """The Cortex XSOAR app: ID, Token and Key come from the consent page, not from Entra."""
+
+    flow: ClassVar[str] = FLOW_XSOAR_APP
+    cloud: Cloud
+    registration_id: str
+    consent_token: str
+    encryption_key: str
+    token_url: str = OPROXY_URL
+
+    @classmethod
+    def from_params(cls, params: dict) -> "XsoarAppSettings":
+        values = auth_values(params)
+        registration_id, _, url = values["id"].partition("@")  # "<id>@<url>" overrides the token service
+        REDACT.add(values["token"], values["key"])
+        return cls(values["cloud"], registration_id, values["token"], values["key"], url or OPROXY_URL)
+
+    def identity(self) -> tuple[str, ...]:
+        return self.registration_id, self.token_url, _digest(self.consent_token), _digest(self.encryption_key)
+
+
+@dataclass(frozen=True)
+class ClientCredentialsSettings:
+    """A self-deployed Entra app proving itself with a client secret or a certificate."""
+
+    flow: ClassVar[str] = FLOW_CLIENT_CREDENTIALS
+    cloud: Cloud
+    client_id: str
+    tenant_id: str
+    client_secret: str = ""
+    thumbprint: str = ""
+    private_key: str = ""
+
+    @classmethod
+    def _values(cls, params: dict) -> dict[str, Any]:
+        values = auth_values(params)
+        REDACT.add(values["key"], values["private_key"], values["auth_code"])
+        return {"cloud": values["cloud"], "client_id": values["id"], "tenant_id": values["token"],
+                "client_secret": values["key"], "thumbprint": values["thumbprint"],
+                "private_key": values["private_key"]}
+
+    @classmethod
+    def from_params(cls, params: dict) -> "ClientCredentialsSettings":
+        return cls(**cls._values(params))
+
+    @property
+    def uses_certificate(self) -> bool:
+        return bool(self.thumbprint and self.private_key)
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.client_id, self.tenant_id, _digest(self.client_secret), self.thumbprint,
+                _digest(self.private_key))
+
+
+@dataclass(frozen=True)
+class AuthorizationCodeSettings(ClientCredentialsSettings):
+    """A self-deployed Entra app acting for the user who signed in once (then refresh tokens)."""
+
+    flow: ClassVar[str] = FLOW_AUTH_CODE
+    redirect_uri: str = ""
+    auth_code: str = ""
+
+    @classmethod
+    def from_params(cls, params: dict) -> "AuthorizationCodeSettings":
+        values = auth_values(params)
+        return cls(**cls._values(params), redirect_uri=values["redirect_uri"], auth_code=values["auth_code"])
+
+
+@dataclass(frozen=True)
+class ManagedIdentitySettings:
+    """The Azure resource's own identity: system-assigned, or user-assigned when a client ID is set."""
+
+    flow: ClassVar[str] = FLOW_MANAGED_IDENTITY
+    cloud: Cloud
+    client_id: str = ""
+
+    @classmethod
+    def from_params(cls, params: dict) -> "ManagedIdentitySettings":
+        values = auth_values(params)
+        return cls(values["cloud"], values["managed_identity_client_id"])
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.client_id,)
+
+
+AuthSettings = XsoarAppSettings | ClientCredentialsSettings | AuthorizationCodeSettings | ManagedIdentitySettings
+SETTINGS_BY_FLOW: dict[str, type] = {settings.flow: settings for settings in (
+    XsoarAppSettings, ClientCredentialsSettings, AuthorizationCodeSettings, ManagedIdentitySettings)}
+
+
 def auth_settings_from_params(params: dict) -> AuthSettings:
-    flow = resolve_flow(params)
-    insecure = argToBoolean(params.get("insecure", False))
-    settings = AuthSettings(
-        flow=flow,
-        cloud=resolve_cloud(params),
-        client_id=_first(_credential(params, "_auth_id_encrypted"), str(params.get("_auth_id") or "").strip(),
-                         str(params.get("auth_id") or "").strip()),
-        tenant_id=_first(_credential(params, "_tenant_id_encrypted"), str(params.get("_tenant_id") or "").strip(),
-                         str(params.get("tenant_id") or "").strip()),
-        secret=_first(_credential(params, "credentials"), str(params.get("enc_key") or "").strip()),
-        thumbprint=normalize_thumbprint(_first(_credential(params, "creds_certificate", "identifier"),
-                                               str(params.get("certificate_thumbprint") or "").strip())),
-        private_key=normalize_private_key(_first(_credential(params, "creds_certificate"),
-                                                 str(params.get("private_key") or "").strip())),
-        redirect_uri=str(params.get("redirect_uri") or "").strip(),
-        auth_code=_credential(params, "auth_code"),
-        managed_identity_client_id=_credential(params, "managed_identities_client_id"),
-        verify=not insecure,
-        proxies={} if argToBoolean(params.get("proxy", False)) else {"http": "", "https": ""},
-    )
-    if flow == FLOW_XSOAR_APP and "@" in settings.client_id:
-        registration_id, _, url = settings.client_id.partition("@")
-        settings.client_id, settings.oproxy_url = registration_id, url
-    REDACT.add(settings.secret, settings.private_key, settings.auth_code, settings.tenant_id
-               if flow == FLOW_XSOAR_APP else "")
-    return settings
+    return SETTINGS_BY_FLOW[resolve_flow(params)].from_params(params)
+
+
+def credential_fingerprint(settings: AuthSettings) -> str:
+    """Changes whenever anything that identifies the credential changes; secrets enter only hashed."""
+    cloud = settings.cloud
+    parts = (settings.flow, cloud.login_host, cloud.api_base, cloud.scope, cloud.mi_resource, *settings.identity())
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Network:
+    """How requests leave the integration: certificate checking and proxy."""
+
+    verify: bool = True
+    proxies: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Network":
+        insecure = _param_bool(params, "insecure", "Trust any certificate")
+        use_proxy = _param_bool(params, "proxy", "Use system proxy settings")
+        return cls(verify=not insecure, proxies={} if use_proxy else {"http": "", "https": ""})
+
+
+# ---- token state in the integration context --------------------------------------------------
+
+TOKEN_LEASE_SECONDS = 120  # a run requesting a token holds the lease at most this long (then others take over)
+TOKEN_LEASE_POLL = 0.25  # how often a run waiting for another run's token looks again
+CONTEXT_WRITE_ATTEMPTS = 10
 
 
 class TokenStore:
     """Token state in the integration context, shared by every run of the instance.
 
     Keys mirror the older integration's (`access_token`, `valid_until`, `current_refresh_token`) so an
-    upgraded instance keeps its state; `auth_fingerprint` drops the state when the auth setup changes.
+    upgraded instance keeps its state. `auth_fingerprint` ties the state to the credential: after any
+    credential change the old state is ignored and replaced. Writes use the versioned pair where the
+    platform has it, so a run that lost a race re-reads instead of overwriting the winner.
     """
 
     KEYS = ("access_token", "valid_until", "current_refresh_token", "auth_fingerprint", "next_request_time",
-            "delay_request_counter", "login_state", "used_auth_code", "graph_access_token", "graph_valid_until")
+            "delay_request_counter", "login_state", "used_auth_code", "token_lease", "graph_access_token",
+            "graph_valid_until", "graph_token_lease")
 
-    def __init__(self, fingerprint: str, clock: Callable[[], float] | None = None, prefix: str = ""):
+    def __init__(self, fingerprint: str, clock: Clock = SYSTEM_CLOCK, resource_prefix: str = ""):
         self.fingerprint = fingerprint
-        self.clock = clock or (lambda: time.time())
-        self.prefix = prefix  # "graph_" for the Microsoft Graph token; the refresh token is shared
+        self.clock = clock
+        # "graph_" keeps the Microsoft Graph token beside the Defender one; the refresh token is shared
+        self.prefix = resource_prefix
+        self.lease_key = f"{resource_prefix}token_lease"
+
+    @staticmethod
+    def _versioned() -> bool:
+        return hasattr(demisto, "getIntegrationContextVersioned") and hasattr(demisto, "setIntegrationContextVersioned")
+
+    def read(self) -> tuple[dict, int | None]:
+        """The whole integration context and its version (None where the platform has no versions)."""
+        if self._versioned():
+            data = demisto.getIntegrationContextVersioned() or {}
+            return dict(data.get("context") or {}), data.get("version")
+        return dict(demisto.getIntegrationContext() or {}), None
+
+    def write(self, context: dict, version: int | None) -> bool:
+        """False when another run wrote since `version` was read."""
+        if version is None:
+            demisto.setIntegrationContext(context)
+            return True
+        try:
+            demisto.setIntegrationContextVersioned(context, version)
+        except Exception as exc:  # the platform's and the CLI's version conflicts have different types
+            log_debug(f"Integration context changed by another run ({type(exc).__name__}); reading it again.")
+            return False
+        return True
+
+    def ours(self, context: dict) -> dict:
+        """The token state of this credential; empty when the stored state belongs to another one."""
+        auth = {key: context[key] for key in self.KEYS if key in context}
+        if auth.get("auth_fingerprint") not in (None, self.fingerprint):  # None: the older integration's state
+            log_debug("The credentials changed since the stored token was issued; it will not be used.")
+            return {}
+        return auth
+
+    def with_state(self, context: dict, **values: Any) -> dict:
+        """`context` with our token state updated by `values` (None removes a key)."""
+        state = {**self.ours(context), **values, "auth_fingerprint": self.fingerprint}
+        others = {key: value for key, value in context.items() if key not in self.KEYS}
+        return {**others, **{key: value for key, value in state.items() if value is not None}}
 
     def load(self) -> dict:
-        context = demisto.getIntegrationContext() or {}
-        if context.get("auth_fingerprint") not in (None, self.fingerprint):
-            log_debug("Authentication settings changed since the last token; discarding stored tokens.")
-            return {}
-        return context
+        return self.ours(self.read()[0])
 
     def update(self, **values: Any) -> None:
-        context = demisto.getIntegrationContext() or {}
-        context.update(values, auth_fingerprint=self.fingerprint)
-        demisto.setIntegrationContext(context)
+        for _ in range(CONTEXT_WRITE_ATTEMPTS):
+            context, version = self.read()
+            if self.write(self.with_state(context, **values), version):
+                return
+        raise AuthError("Could not save the token state: other runs kept changing the integration context.")
 
-    def valid_access_token(self) -> str | None:
-        state = self.load()
+    def valid_access_token(self, state: dict, rejected: str | None = None) -> str | None:
         token, valid_until = state.get(f"{self.prefix}access_token"), state.get(f"{self.prefix}valid_until")
-        if token and valid_until and self.clock() < float(valid_until):
+        if token and token != rejected and valid_until and self.clock.now() < float(valid_until):
             return str(token)
         return None
 
-    def save_access_token(self, token: str, expires_in: int, refresh_token: str | None = None) -> None:
-        valid_until = self.clock() + token_reuse_seconds(expires_in)
-        values: dict[str, Any] = {f"{self.prefix}access_token": token, f"{self.prefix}valid_until": valid_until}
+    def token_values(self, token: str, expires_in: int, refresh_token: str | None) -> dict:
+        values: dict[str, Any] = {f"{self.prefix}access_token": token,
+                                  f"{self.prefix}valid_until": self.clock.now() + token_reuse_seconds(expires_in)}
         if refresh_token is not None:
             values["current_refresh_token"] = refresh_token
-        self.update(**values)
-
-    def invalidate_access_token(self) -> None:
-        self.update(**{f"{self.prefix}access_token": "", f"{self.prefix}valid_until": 0})
+        return values
 
     def clear(self) -> None:
-        context = demisto.getIntegrationContext() or {}
-        demisto.setIntegrationContext({k: v for k, v in context.items() if k not in self.KEYS})
+        for _ in range(CONTEXT_WRITE_ATTEMPTS):
+            context, version = self.read()
+            if self.write({k: v for k, v in context.items() if k not in self.KEYS}, version):
+                return
 
 
 def token_reuse_seconds(expires_in: int) -> float:
@@ -375,15 +530,74 @@ def token_reuse_seconds(expires_in: int) -> float:
     return max(expires_in - TOKEN_EXPIRY_MARGIN, expires_in / 2)
 
 
-class MsalHttpClient:
-    """The requests session msal uses, with our timeouts, proxy and certificate settings on every call."""
+# ---- msal: imported on first use, its logging and HTTP under our control -------------------------
 
-    def __init__(self, session: requests.Session, verify: bool, proxies: dict, timeout: tuple[int, int]):
-        self.session, self.verify, self.proxies, self.timeout = session, verify, proxies, timeout
+msal: Any = None  # the module, once require_msal() imported it: only the flows that need a token import it
+MSAL_MINIMUM = "1.32"
+TOKEN_REQUEST_RETRY_DELAYS = (1.0, 2.0, 4.0)  # Entra 5xx and connection errors: three retries, then an error
+MAX_TOKEN_RETRY_AFTER = 30
+
+
+class DebugLogHandler(logging.Handler):
+    """Sends a library's log records to the redacting debug log instead of stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+        log_debug(f"{record.name}: {message}")
+
+
+def route_library_logging(name: str) -> None:
+    logger = logging.getLogger(name)
+    if not any(isinstance(handler, DebugLogHandler) for handler in logger.handlers):
+        logger.addHandler(DebugLogHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # nothing reaches the root logger, or stderr
+
+
+def require_msal(flow: str) -> Any:
+    """The msal module, imported now: importing it costs time the Cortex XSOAR app flow never needs."""
+    global msal
+    if msal is None:
+        try:
+            import msal as module
+        except ImportError:
+            raise ConfigurationError(
+                f"{flow} needs the Python package msal {MSAL_MINIMUM} or newer, which this docker image lacks. Choose "
+                "a docker image that carries msal for the integration, or use the Cortex XSOAR app flow.") from None
+        route_library_logging("msal")
+        msal = module
+    return msal
+
+
+class MsalHttpClient:
+    """The requests session msal uses: our timeouts, proxy and certificate settings on every call, and
+    bounded retries (via the injected clock) when Entra answers 5xx or the connection fails."""
+
+    def __init__(self, session: requests.Session, network: Network, timeout: tuple[float, float], clock: Clock,
+                 retry_connection_errors: bool = True):
+        self.session, self.network, self.timeout, self.clock = session, network, timeout, clock
+        self.retry_connection_errors = retry_connection_errors
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
-        return self.session.request(method, url, verify=self.verify, proxies=self.proxies, **kwargs)
+        where = _display_url(url)
+        for attempt, delay in enumerate((*TOKEN_REQUEST_RETRY_DELAYS, None), start=1):
+            try:
+                response = self.session.request(method, url, verify=self.network.verify,
+                                                proxies=self.network.proxies, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if delay is None or not self.retry_connection_errors or isinstance(exc, requests.exceptions.SSLError):
+                    raise
+                log_debug(f"{method} {where}: {type(exc).__name__}; retry {attempt} in {delay:.0f}s")
+            else:
+                if response.status_code < 500 or delay is None:
+                    return response
+                delay = min(_retry_after(response, delay), MAX_TOKEN_RETRY_AFTER)
+                log_debug(f"{method} {where}: HTTP {response.status_code}; retry {attempt} in {delay:.0f}s")
+            self.clock.sleep(delay)
+        raise AssertionError("unreachable")
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
         return self._send("GET", url, **kwargs)
@@ -395,8 +609,27 @@ class MsalHttpClient:
         pass
 
 
-# Entra error codes, and what the user should do about each.
-AADSTS_HINTS = {
+def _retry_after(response: requests.Response, default: float) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", default)), 0.0)
+    except ValueError:
+        return default
+
+
+def _display_url(url: str) -> str:
+    parsed = urlparse(url)
+    return f"{parsed.scheme}://{parsed.netloc}{parsed.path}"
+
+
+# ---- Entra errors --------------------------------------------------------------------------------
+
+SECRET, CERTIFICATE = "client secret", "certificate"
+CREDENTIAL_PARAMS = {SECRET: "Key (client secret)", CERTIFICATE: "Certificate Thumbprint and Private Key"}
+RESET_STEPS = "Run !microsoft-atp-auth-reset, then !microsoft-atp-generate-login-url and sign in again."
+
+# Entra error codes, and what the user should do about each. A dict value holds one hint per credential
+# type: the advice must fit the credential in use.
+AADSTS_HINTS: dict[int, str | dict[str, str]] = {
     7000215: "The client secret in Key is wrong. Copy the secret's Value (not its Secret ID) from the app "
              "registration's Certificates & secrets page.",
     7000222: "The client secret has expired. Create a new secret in the app registration and update Key.",
@@ -407,23 +640,28 @@ AADSTS_HINTS = {
     65001: "Admin consent is missing. Grant admin consent for the app's WindowsDefenderATP API permissions.",
     500011: "The Defender API (WindowsDefenderATP) is not available in this tenant or cloud. Check the Endpoint "
             "Type and that Defender for Endpoint is provisioned.",
-    700027: "The client assertion was rejected. Check that Certificate Thumbprint and Private Key belong to a "
-            "certificate uploaded to the app registration.",
+    700027: {CERTIFICATE: "The client assertion was rejected. Check that Certificate Thumbprint and Private Key "
+                          "belong to a certificate uploaded to the app registration.",
+             SECRET: "The client credential was rejected. Check Key (client secret)."},
+    7000274: {CERTIFICATE: "The certificate's thumbprint is not registered with the app. Check Certificate "
+                           "Thumbprint against the app registration's Certificates & secrets page."},
     50011: "The redirect URI does not match the app registration. Make Application redirect URI exactly equal "
            "to a redirect URI of the app.",
-    70008: "The authorization code or refresh token has expired. Run !microsoft-atp-auth-reset, then "
-           "!microsoft-atp-generate-login-url and sign in again.",
+    70008: f"The authorization code or refresh token has expired. {RESET_STEPS}",
     54005: "The authorization code was already used. Run !microsoft-atp-generate-login-url, sign in, and paste "
            "the new code into Authorization code.",
-    9002313: "The authorization code or refresh token is invalid. Run !microsoft-atp-auth-reset, then "
-             "!microsoft-atp-generate-login-url and sign in again.",
-    70000: "The grant is invalid or was already used. Run !microsoft-atp-auth-reset, then "
-           "!microsoft-atp-generate-login-url and sign in again.",
+    9002313: f"The authorization code or refresh token is invalid. {RESET_STEPS}",
+    70000: f"The grant is invalid or was already used. {RESET_STEPS}",
+}
+# Without a known code: what to check, by credential type.
+ERROR_HINTS = {
+    "invalid_client": {SECRET: "Check ID (application/client ID) and Key (client secret).",
+                       CERTIFICATE: "Check ID (application/client ID), Certificate Thumbprint and Private Key."},
 }
 
 
-def entra_error_message(result: dict, what: str) -> str:
-    """Turns an Entra/msal error dict into a sentence that says what to fix."""
+def entra_error_message(result: dict, what: str, credential_type: str = "") -> str:
+    """Turns an Entra/msal error dict into a sentence that says what to fix, for the credential in use."""
     description = str(result.get("error_description") or "")
     description = re.split(r"\s*(?:Trace ID|Correlation ID|Timestamp):", description)[0]
     codes = [int(c) for c in result.get("error_codes") or [] if str(c).isdigit()]
@@ -432,59 +670,92 @@ def entra_error_message(result: dict, what: str) -> str:
         codes = codes or [int(match.group(1))]
         description = description[match.end():]
     code_text = f" AADSTS{codes[0]}" if codes else ""
-    hint = next((AADSTS_HINTS[c] for c in codes if c in AADSTS_HINTS), "")
+    hints = [AADSTS_HINTS[c] for c in codes if c in AADSTS_HINTS] or [ERROR_HINTS.get(str(result.get("error")), "")]
+    hint = next((h.get(credential_type, "") if isinstance(h, dict) else h for h in hints), "")
     message = f"Microsoft Entra ID refused {what} ({result.get('error', 'error')}{code_text}): {description}".rstrip()
     return REDACT(f"{message} {hint}".strip())
 
 
+# ---- providers -----------------------------------------------------------------------------------
+
+
 class TokenProvider:
-    """One way of proving identity. Subclasses implement `_acquire()`; caching and refresh live here."""
+    """One way of proving identity. Subclasses implement `_acquire()`; caching, single-flight and
+    refresh live here."""
 
     flow = ""
+    credential_type = ""  # what the hints talk about: SECRET, CERTIFICATE or nothing
 
-    def __init__(self, settings: AuthSettings, session: requests.Session, store: TokenStore):
-        self.settings, self.session, self.store = settings, session, store
+    def __init__(self, settings: Any, session: requests.Session, store: TokenStore, network: Network = Network(),
+                 clock: Clock = SYSTEM_CLOCK):
+        self.settings, self.session, self.store, self.network, self.clock = settings, session, store, network, clock
+        self.run_id = secrets.token_hex(8)
+        self.issued: str | None = None  # the token this run last handed out
 
     def validate(self) -> None:
         """Raise ConfigurationError naming the missing parameter."""
 
     def get_token(self, force_refresh: bool = False) -> str:
+        """A valid token: the stored one, or a new one requested by exactly one of the runs that need it
+        (the others wait for it). `force_refresh`: the API refused the token this run was given; a newer
+        one another run saved is fine, that one never again."""
+        rejected = self.issued if force_refresh else None
+        self.issued = self._get_token(rejected)
+        return self.issued
+
+    def _get_token(self, rejected: str | None) -> str:
         self.validate()
-        if not force_refresh:
-            token = self.store.valid_access_token()
+        deadline = self.clock.now() + TOKEN_LEASE_SECONDS + TOKEN_LEASE_POLL
+        while self.clock.now() < deadline:
+            context, version = self.store.read()
+            state = self.store.ours(context)
+            token = self.store.valid_access_token(state, rejected)
             if token:
+                REDACT.add(token)
                 return token
-        token, expires_in, refresh_token = self._acquire(force_refresh)
+            if self._leased_by_another_run(state.get(self.store.lease_key) or {}):
+                self.clock.sleep(TOKEN_LEASE_POLL)  # another run is asking for the token right now
+                continue
+            lease = {"owner": self.run_id, "until": self.clock.now() + TOKEN_LEASE_SECONDS}
+            claimed = self.store.with_state(context, **{self.store.lease_key: lease})
+            if self.store.write(claimed, version):
+                return self._acquire_and_save(state, rejected)
+        raise AuthError("Another run of this instance is still requesting a token. Try the command again.")
+
+    def _leased_by_another_run(self, lease: dict) -> bool:
+        remaining = float(lease.get("until") or 0) - self.clock.now()
+        # a lease reaching further than any run takes one for comes from a clock far off ours: ignore it
+        return lease.get("owner") not in (None, self.run_id) and 0 < remaining <= TOKEN_LEASE_SECONDS
+
+    def _acquire_and_save(self, state: dict, rejected: str | None) -> str:
+        try:
+            token, expires_in, refresh_token, extra = self._acquire(state, rejected)
+        except BaseException:
+            self.store.update(**{self.store.lease_key: None})
+            raise
         REDACT.add(token, refresh_token)
-        self.store.save_access_token(token, expires_in, refresh_token)
+        self.store.update(**self.store.token_values(token, expires_in, refresh_token), **extra,
+                          **{self.store.lease_key: None})
         return token
 
     def reset(self) -> None:
         self.store.clear()
 
-    def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
+    def _acquire(self, state: dict, rejected: str | None) -> tuple[str, int, str | None, dict]:
+        """A new token: (access token, lifetime in seconds, refresh token or None, other state to save)."""
         raise NotImplementedError
 
-    def _http_client(self, timeout: tuple[int, int] = (CONNECT_TIMEOUT, READ_TIMEOUT)) -> MsalHttpClient:
-        return MsalHttpClient(self.session, self.settings.verify, self.settings.proxies, timeout)
+    def _http_client(self, timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT), *,
+                     retry_connection_errors: bool = True) -> MsalHttpClient:
+        return MsalHttpClient(self.session, self.network, timeout, self.clock, retry_connection_errors)
 
-    def _token_from(self, result: dict, what: str) -> tuple[str, int, str | None]:
+    def _token_from(self, result: dict, what: str) -> tuple[str, int, str | None, dict]:
         if "access_token" not in result:
-            raise AuthError(entra_error_message(result, what))
-        return result["access_token"], int(result.get("expires_in") or 3599), result.get("refresh_token")
+            raise AuthError(entra_error_message(result, what, self.credential_type))
+        return result["access_token"], int(result.get("expires_in") or 3599), result.get("refresh_token"), {}
 
 
-MSAL_MINIMUM = "1.32"
-
-
-def require_msal(flow: str) -> None:
-    if msal is None:
-        raise ConfigurationError(f"{flow} needs the Python package msal {MSAL_MINIMUM} or newer, which this docker "
-                                 "image lacks. Choose a docker image that carries msal for the integration, or use "
-                                 "the Cortex XSOAR app flow.")
-
-
-def _require(settings: AuthSettings, **names: str) -> None:
+def _require(settings: Any, **names: str) -> None:
     missing = [label for attr, label in names.items() if not getattr(settings, attr)]
     if missing:
         raise ConfigurationError(f"{settings.flow}: set {', '.join(missing)} in the instance settings.")
@@ -493,58 +764,100 @@ def _require(settings: AuthSettings, **names: str) -> None:
 class MsalConfidentialProvider(TokenProvider):
     """Shared by the two flows of a self-deployed Entra app (client credentials, authorization code)."""
 
-    def __init__(self, settings: AuthSettings, session: requests.Session, store: TokenStore):
-        super().__init__(settings, session, store)
+    settings: ClientCredentialsSettings
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self._app: Any = None  # msal.ConfidentialClientApplication, built on first use
+
+    @property
+    def credential_type(self) -> str:  # type: ignore[override]
+        return CERTIFICATE if self.settings.uses_certificate else SECRET
 
     def validate(self) -> None:
         _require(self.settings, client_id="ID (application/client ID)", tenant_id="Token (tenant ID)")
-        if not self.settings.secret and not (self.settings.thumbprint and self.settings.private_key):
+        if not self.settings.client_secret and not self.settings.uses_certificate:
             raise ConfigurationError(f"{self.settings.flow}: set Key (client secret), or Certificate Thumbprint "
                                      "and Private Key.")
 
     def _credential(self) -> str | dict:
-        if self.settings.thumbprint and self.settings.private_key:
+        if self.settings.uses_certificate:
+            check_private_key(self.settings.private_key)
             return {"private_key": self.settings.private_key, "thumbprint": self.settings.thumbprint}
-        return self.settings.secret
+        return self.settings.client_secret
 
     @property
     def app(self) -> Any:
         # Built lazily: msal fetches the tenant's OpenID configuration when constructed.
         if self._app is None:
-            require_msal(self.flow)
-            try:
-                self._app = msal.ConfidentialClientApplication(
-                    self.settings.client_id, client_credential=self._credential(),
-                    authority=f"{self.settings.cloud.login_host}/{self.settings.tenant_id}",
-                    http_client=self._http_client(), instance_discovery=False)
-            except ValueError as exc:
-                raise AuthError(REDACT(f"Could not use the credentials: {exc}. Check Certificate Thumbprint and "
-                                       "Private Key (PEM).")) from exc
-            except requests.RequestException as exc:
-                raise AuthError(REDACT(f"Could not reach the Microsoft login service at "
-                                       f"{self.settings.cloud.login_host}: {exc}")) from exc
+            module = require_msal(self.flow)
+            authority = f"{self.settings.cloud.login_host}/{self.settings.tenant_id}"
+            self._app = self._call_msal("the sign-in setup", lambda: module.ConfidentialClientApplication(
+                self.settings.client_id, client_credential=self._credential(), authority=authority,
+                http_client=self._http_client(), instance_discovery=False))
         return self._app
+
+    def _call_msal(self, what: str, call: Callable[[], Any]) -> Any:
+        """Runs one msal call; its exceptions become messages that name what to fix."""
+        try:
+            return call()
+        except IntegrationError:
+            raise
+        except requests.RequestException as exc:
+            raise AuthError(f"Could not reach the Microsoft login service at {self.settings.cloud.login_host} "
+                            f"({type(exc).__name__}). Check the network, the proxy settings and the Endpoint "
+                            "Type.") from exc
+        except Exception as exc:  # msal and PyJWT raise ValueError, MsalServiceError, InvalidKeyError, ...
+            raise AuthError(REDACT(self._explain(exc, what))) from exc
+
+    def _explain(self, exc: Exception, what: str) -> str:
+        text = str(exc)
+        status = re.search(r"HTTP Error: (\d{3})", text)
+        if status and status.group(1).startswith("5"):
+            return (f"Microsoft Entra ID failed {what} with HTTP {status.group(1)}, also after "
+                    f"{len(TOKEN_REQUEST_RETRY_DELAYS)} retries. It is a problem on Microsoft's side: try again later.")
+        if "authority configuration" in text or "tenant" in text.lower():
+            return (f"Microsoft Entra ID does not know the tenant '{self.settings.tenant_id}' at "
+                    f"{self.settings.cloud.login_host}. Check Token (the Directory/tenant ID) and the Endpoint Type.")
+        if self.settings.uses_certificate and "key" in text.lower():
+            return (f"Private Key could not be used for {what}: {text} Paste the certificate's PEM private key "
+                    "(-----BEGIN PRIVATE KEY----- ...) into the password field of Certificate Thumbprint / Private Key.")
+        return f"{what.capitalize()} failed: {type(exc).__name__}: {text}"
 
     @property
     def scopes(self) -> list[str]:
         return [self.settings.cloud.scope]
 
 
+def check_private_key(pem: str) -> None:
+    """Fails with a message naming the parameter when the private key is not a usable PEM key."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        reason = "it is encrypted with a passphrase" if "password" in str(exc).lower() else "it is not a PEM key"
+        raise ConfigurationError(f"Private Key cannot be read ({reason}). Paste the certificate's unencrypted PEM "
+                                 "private key (-----BEGIN PRIVATE KEY----- ...) into the password field of "
+                                 "Certificate Thumbprint / Private Key.") from None
+
+
 class ClientCredentialsProvider(MsalConfidentialProvider):
     flow = FLOW_CLIENT_CREDENTIALS
 
-    def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
-        if force_refresh:  # msal would answer from its own in-memory cache
-            for token in list(self.app.token_cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
-                self.app.token_cache.remove_at(token)
-        result = self.app.acquire_token_for_client(scopes=self.scopes)
-        token, expires_in, _ = self._token_from(result, "the client-credentials token request")
-        return token, expires_in, None
+    def _acquire(self, state: dict, rejected: str | None) -> tuple[str, int, str | None, dict]:
+        app = self.app
+        if rejected:  # msal would answer from its own in-memory cache
+            for token in list(app.token_cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
+                app.token_cache.remove_at(token)
+        result = self._call_msal("the token request", lambda: app.acquire_token_for_client(scopes=self.scopes))
+        token, expires_in, _, _ = self._token_from(result, "the client-credentials token request")
+        return token, expires_in, None, {}
 
 
 class AuthorizationCodeProvider(MsalConfidentialProvider):
     flow = FLOW_AUTH_CODE
+    settings: AuthorizationCodeSettings
 
     def validate(self) -> None:
         super().validate()
@@ -558,23 +871,31 @@ class AuthorizationCodeProvider(MsalConfidentialProvider):
             "response_mode": "query", "scope": f"offline_access {self.settings.cloud.scope}", "state": state})
         return f"{self.settings.cloud.login_host}/{self.settings.tenant_id}/oauth2/v2.0/authorize?{query}"
 
-    def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
-        state = self.store.load()
+    def _acquire(self, state: dict, rejected: str | None) -> tuple[str, int, str | None, dict]:
         refresh_token = state.get("current_refresh_token")
-        if refresh_token:
+        if refresh_token and not self._new_sign_in(state):
             REDACT.add(refresh_token)
-            result = self.app.acquire_token_by_refresh_token(refresh_token, scopes=self.scopes)
+            result = self._redeem_refresh_token(refresh_token)
             latest = self.store.load().get("current_refresh_token")
             if "access_token" not in result and latest and latest != refresh_token:
                 # another run rotated the refresh token after we read it: ours is spent, theirs is good
                 REDACT.add(latest)
-                result = self.app.acquire_token_by_refresh_token(latest, scopes=self.scopes)
+                result = self._redeem_refresh_token(latest)
             return self._token_from(result, "the refresh-token request")
         code = self._authorization_code(state)
-        result = self.app.acquire_token_by_authorization_code(code, scopes=self.scopes,
-                                                              redirect_uri=self.settings.redirect_uri)
-        self.store.update(used_auth_code=_digest(code))
-        return self._token_from(result, "the authorization code")
+        result = self._call_msal("the authorization-code exchange", lambda: self.app.acquire_token_by_authorization_code(
+            code, scopes=self.scopes, redirect_uri=self.settings.redirect_uri))
+        token, expires_in, new_refresh_token, _ = self._token_from(result, "the authorization code")
+        return token, expires_in, new_refresh_token, {"used_auth_code": _digest(code)}
+
+    def _new_sign_in(self, state: dict) -> bool:
+        """A code other than the one that produced the stored refresh token was pasted: the user signed in again."""
+        used = state.get("used_auth_code")
+        return bool(used and self.settings.auth_code and _digest(self.settings.auth_code) != used)
+
+    def _redeem_refresh_token(self, refresh_token: str) -> dict:
+        return self._call_msal("the refresh-token request",
+                               lambda: self.app.acquire_token_by_refresh_token(refresh_token, scopes=self.scopes))
 
     def _authorization_code(self, state: dict) -> str:
         code = self.settings.auth_code
@@ -595,64 +916,61 @@ AUTH_CODE_STEPS = (
     "2. open the URL, sign in and consent; 3. copy the code= value from the address you are redirected to into "
     "the Authorization code parameter and save; 4. run !microsoft-atp-test to verify the connection.")
 
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 MANAGED_IDENTITY_HINT = ("Azure Managed Identities work only when the integration runs on an Azure resource that "
                          "has a managed identity assigned (for a user-assigned one, set its client ID).")
 
 
 class ManagedIdentityProvider(TokenProvider):
     flow = FLOW_MANAGED_IDENTITY
+    settings: ManagedIdentitySettings
 
-    def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
-        require_msal(self.flow)
-        client_id = self.settings.managed_identity_client_id
-        identity = (msal.UserAssignedManagedIdentity(client_id=client_id) if client_id
-                    else msal.SystemAssignedManagedIdentity())
-        client = msal.ManagedIdentityClient(identity, http_client=self._http_client(MANAGED_IDENTITY_TIMEOUT),
-                                            token_cache=msal.TokenCache())
+    def _acquire(self, state: dict, rejected: str | None) -> tuple[str, int, str | None, dict]:
+        module = require_msal(self.flow)
+        client_id = self.settings.client_id
+        identity = (module.UserAssignedManagedIdentity(client_id=client_id) if client_id
+                    else module.SystemAssignedManagedIdentity())
+        # off Azure the IMDS address does not answer: no retry of connection errors there
+        http_client = self._http_client(MANAGED_IDENTITY_TIMEOUT, retry_connection_errors=False)
+        client = module.ManagedIdentityClient(identity, http_client=http_client, token_cache=module.TokenCache())
         try:
             result = client.acquire_token_for_client(resource=self.settings.cloud.mi_resource)
         except requests.RequestException as exc:
             raise AuthError(f"Could not reach the Azure managed-identity endpoint ({type(exc).__name__}). "
                             + MANAGED_IDENTITY_HINT) from exc
-        except ValueError as exc:  # something that is not IMDS answered (e.g. a proxy's error page)
+        except Exception as exc:  # something that is not IMDS answered (e.g. a proxy's error page)
+            log_debug(f"managed identity: {type(exc).__name__}: {exc}")
             raise AuthError("The Azure managed-identity endpoint did not answer with a token. "
                             + MANAGED_IDENTITY_HINT) from exc
-        token, expires_in, _ = self._token_from(result, "the managed-identity token request")
-        return token, expires_in, None
+        return self._token_from(result, "the managed-identity token request")
 
 
 class XsoarAppProvider(TokenProvider):
     """The Cortex XSOAR app: the oproxy service exchanges our encrypted registration token for a token."""
 
     flow = FLOW_XSOAR_APP
+    settings: XsoarAppSettings
 
     def validate(self) -> None:
-        _require(self.settings, client_id="ID (registration ID from the consent page)",
-                 tenant_id="Token (from the consent page)", secret="Key (from the consent page)")
+        _require(self.settings, registration_id="ID (registration ID from the consent page)",
+                 consent_token="Token (from the consent page)", encryption_key="Key (from the consent page)")
 
-    def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
-        state = self.store.load()
+    def _acquire(self, state: dict, rejected: str | None) -> tuple[str, int, str | None, dict]:
         next_request_time = float(state.get("next_request_time") or 0)
-        if time.time() < next_request_time:
+        if self.clock.now() < next_request_time:
             wait_until = datetime.fromtimestamp(next_request_time, timezone.utc).isoformat(timespec="seconds")
             raise AuthError(f"The last token request to the XSOAR app service failed; the next attempt is delayed "
                             f"until {wait_until} to protect the service.")
-        body = {"app_name": OPROXY_APP_NAME, "registration_id": self.settings.client_id,
+        body = {"app_name": OPROXY_APP_NAME, "registration_id": self.settings.registration_id,
                 "encrypted_token": self._encrypted_token(),
                 "scope": "graph" if self.settings.cloud.scope == self.settings.cloud.graph_scope else None,
                 "resource": ""}
+        url = self.settings.token_url
         try:
-            response = self.session.post(self.settings.oproxy_url, json=body, verify=self.settings.verify,
-                                         proxies=self.settings.proxies, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+            response = self.session.post(url, json=body, verify=self.network.verify, proxies=self.network.proxies,
+                                         timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
         except requests.RequestException as exc:
             self._back_off(state)
-            raise AuthError(f"Could not reach the XSOAR app token service at {self.settings.oproxy_url}: "
-                            f"{type(exc).__name__}.") from exc
+            raise AuthError(f"Could not reach the XSOAR app token service at {url}: {type(exc).__name__}.") from exc
         if not response.ok:
             self._back_off(state)
             raise AuthError(REDACT(f"The XSOAR app token service refused the request (HTTP {response.status_code}): "
@@ -663,23 +981,25 @@ class XsoarAppProvider(TokenProvider):
             token = payload["access_token"]
         except (ValueError, KeyError) as exc:
             raise AuthError("The XSOAR app token service answered without an access token.") from exc
-        self.store.update(next_request_time=0.0, delay_request_counter=1)
-        return token, int(payload.get("expires_in") or 3595), None
+        return token, int(payload.get("expires_in") or 3595), None, {"next_request_time": 0.0,
+                                                                     "delay_request_counter": 1}
 
     def _encrypted_token(self) -> str:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # only this flow encrypts
+
         try:
-            key = base64.b64decode(self.settings.secret, validate=True)
+            key = base64.b64decode(self.settings.encryption_key, validate=True)
             aes = AESGCM(key)
         except (binascii.Error, ValueError) as exc:
             raise ConfigurationError("Key is not a valid encryption key from the consent page (expected base64 of a "
                                      "16, 24 or 32 byte key).") from exc
         nonce = os.urandom(12)
-        plaintext = f"{int(time.time())}:{self.settings.tenant_id}".encode()
+        plaintext = f"{int(self.clock.now())}:{self.settings.consent_token}".encode()
         return base64.b64encode(nonce + aes.encrypt(nonce, plaintext, None)).decode()
 
     def _back_off(self, state: dict) -> None:
         counter = min(int(state.get("delay_request_counter") or 1), 6)
-        self.store.update(next_request_time=time.time() + 2 ** counter, delay_request_counter=counter + 1)
+        self.store.update(next_request_time=self.clock.now() + 2 ** counter, delay_request_counter=counter + 1)
 
 
 def _oproxy_error_text(response: requests.Response) -> str:
@@ -703,16 +1023,15 @@ PROVIDERS: dict[str, type[TokenProvider]] = {
 }
 
 
-def build_token_provider(settings: AuthSettings, session: requests.Session, graph: bool = False) -> TokenProvider:
-    """The flow's provider for the Defender API, or (graph) for Microsoft Graph: same credential, Graph's scope
-    and managed-identity resource, its token kept under graph_* keys."""
-    fingerprint = _digest("|".join([settings.flow, settings.client_id, settings.cloud.login_host,
-                                    settings.cloud.scope, settings.managed_identity_client_id,
-                                    _digest(settings.tenant_id)]))
+def build_token_provider(settings: AuthSettings, session: requests.Session, network: Network = Network(),
+                         clock: Clock = SYSTEM_CLOCK, graph: bool = False) -> TokenProvider:
+    """The flow's provider for the Defender API, or (graph) for Microsoft Graph: the same credential with Graph's
+    scope and managed-identity resource, its token kept under graph_* keys."""
+    store = TokenStore(credential_fingerprint(settings), clock, "graph_" if graph else "")
     if graph:
         cloud = settings.cloud
         settings = replace(settings, cloud=replace(cloud, scope=cloud.graph_scope, mi_resource=cloud.graph_audience))
-    return PROVIDERS[settings.flow](settings, session, TokenStore(fingerprint, prefix="graph_" if graph else ""))
+    return PROVIDERS[settings.flow](settings, session, store, network, clock)
 
 
 class BearerAuth(requests.auth.AuthBase):
@@ -720,7 +1039,7 @@ class BearerAuth(requests.auth.AuthBase):
 
     def __init__(self, provider: TokenProvider):
         self.provider = provider
-        self.force_refresh = False
+        self.force_refresh = False  # set by the Client after a 401
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {self.provider.get_token(force_refresh=self.force_refresh)}"
@@ -3319,7 +3638,7 @@ class NamedQuery:
     seconds: int | None
 
 
-def batch_items(text: str) -> list[dict]:
+def hunt_batch_items(text: str) -> list[dict]:
     try:
         parsed = json.loads(text)
     except ValueError:
@@ -3345,7 +3664,7 @@ def hunt_queries(args: dict) -> tuple[list[NamedQuery], bool]:
     if query:
         return [NamedQuery(str(args.get("name") or "").strip() or None, query, timeout, seconds)], False
     queries, names = [], set()
-    for index, item in enumerate(batch_items(batch), start=1):
+    for index, item in enumerate(hunt_batch_items(batch), start=1):
         name, text = str(item.get("name") or "").strip(), str(item.get("query") or "").strip()
         if not name or not text:
             raise ArgumentError(f"query_batch item {index} needs both a name and a query.")
@@ -3379,8 +3698,710 @@ def advanced_hunting_command(client: "Client", args: dict) -> list[CommandResult
 # ============================================================================================
 
 
+TI_ROLES = ("Ti.ReadWrite", "Ti.ReadWrite.All")
+INDICATOR_TYPES = ("FileSha1", "FileSha256", "FileMd5", "IpAddress", "DomainName", "Url", "CertificateThumbprint")
+INDICATOR_ACTIONS = ("Audit", "Block", "BlockAndRemediate", "Allowed", "Warn")
+INDICATOR_SEVERITIES = ("Informational", "Low", "Medium", "High")
+HASH_TYPES = {"FileSha1": (40, "SHA-1 hash"), "FileSha256": (64, "SHA-256 hash"), "FileMd5": (32, "MD5 hash"),
+              "CertificateThumbprint": (40, "certificate thumbprint (SHA-1)")}
+NETWORK_TYPES = ("IpAddress", "DomainName", "Url")
+# Actions Microsoft accepts only for some types; Audit also needs generateAlert.
+INDICATOR_ACTION_TYPES = {"Warn": ("Url", "DomainName"), "BlockAndRemediate": tuple(HASH_TYPES)}
+INDICATOR_FILTER_FIELDS = ("application", "createdByDisplayName", "expirationTime", "generateAlert", "title",
+                           "rbacGroupNames", "rbacGroupIds", "indicatorValue", "indicatorType",
+                           "creationTimeDateTimeUtc", "createdBy", "action", "severity")
+INDICATOR_ITEM_FIELDS = ("indicatorValue", "indicatorType", "action", "title", "description", "expirationTime",
+                         "severity", "application", "recommendedActions", "rbacGroupNames", "generateAlert",
+                         "educateUrl", "externalID")
+INDICATOR_ID = re.compile(r"^\d{1,19}$")
+IMPORT_BATCH_SIZE = 500  # Microsoft's limit per import and per BatchDelete call
+IMPORT_CALLS_PER_MINUTE = 30
+MAX_ACTIVE_INDICATORS = 15_000
+CAP_REFUSAL = re.compile(r"15,?000|maximum number of active indicators", re.IGNORECASE)
+OWN_INDICATORS_NOTE = ("An application granted Ti.ReadWrite but not Ti.ReadWrite.All sees only the indicators it "
+                       "created.")
+# The score an indicator's action implies for the value: allowed is good, detect-only is suspicious, blocking is bad.
+ACTION_SCORES = {"Allowed": 1, "Audit": 2, "Alert": 2, "Warn": 2, "Block": 3, "BlockAndRemediate": 3,
+                 "AlertAndBlock": 3}
+FILE_CONTEXT_KEY = ("File(val.MD5 && val.MD5 == obj.MD5 || val.SHA1 && val.SHA1 == obj.SHA1 || "
+                    "val.SHA256 && val.SHA256 == obj.SHA256 || val.SHA512 && val.SHA512 == obj.SHA512)")
+# Indicator type -> (standard context key, its field, DBotScore type)
+STANDARD_CONTEXTS = {
+    "FileSha1": (FILE_CONTEXT_KEY, "SHA1", "file"), "FileSha256": (FILE_CONTEXT_KEY, "SHA256", "file"),
+    "FileMd5": (FILE_CONTEXT_KEY, "MD5", "file"), "IpAddress": ("IP(val.Address && val.Address == obj.Address)",
+                                                               "Address", "ip"),
+    "DomainName": ("Domain(val.Name && val.Name == obj.Name)", "Name", "domain"),
+    "Url": ("URL(val.Data && val.Data == obj.Data)", "Data", "url"),
+}
+DBOT_SCORE_KEY = ("DBotScore(val.Indicator && val.Indicator == obj.Indicator && val.Vendor == obj.Vendor && "
+                  "val.Type == obj.Type)")
+
+INDICATOR = EntitySpec({name: name for name in (
+    "id", "indicatorValue", "indicatorType", "action", "severity", "title", "description", "expirationTime",
+    "recommendedActions", "generateAlert", "rbacGroupNames", "rbacGroupIds", "mitreTechniques", "lastUpdateTime",
+    "createdByDisplayName", "application", "createdBySource", "historicalDetection", "lastUpdatedBy",
+    "creationTimeDateTimeUtc", "category", "createdBy", "educateUrl", "sourceType", "externalID")},
+    path="Indicators", key=("id",), headers=("id", "indicatorValue", "indicatorType", "action", "severity", "title",
+                                             "expirationTime"))
+IMPORT_OUTCOME = EntitySpec({"id": "ID", "indicator": "Value", "isFailed": "IsFailed",
+                             "failureReason": "FailureReason", "outcome": "Outcome"},
+                            path="Indicators", key=("ID",), headers=("Value", "Outcome", "ID", "FailureReason"))
+
+
 class IndicatorsApi:
     """Defender API calls of the indicators (the Defender Indicators API) area (mixed into Client)."""
+
+    def list_indicators(self, *, odata_filter: str | None = None, limit: int | None = None, offset: int = 0,
+                        page_size: int = MAX_PAGE_SIZE) -> Iterator[dict]:
+        params = {"$filter": odata_filter} if odata_filter else {}
+        return self.paginate("indicators", params, limit=limit, offset=offset, page_size=page_size)
+
+    def get_indicator(self, indicator_id: str) -> dict:
+        return self.request("GET", f"indicators/{segment(indicator_id, 'indicator_id')}") or {}
+
+    def submit_indicator(self, indicator: dict) -> dict:
+        return self.request("POST", "indicators", json_body=indicator) or {}
+
+    def import_indicators(self, indicators: list[dict]) -> list[dict]:
+        return (self.request("POST", "indicators/import", json_body={"Indicators": indicators}) or {}).get(
+            "value") or []
+
+    def delete_indicator(self, indicator_id: str) -> None:
+        self.request("DELETE", f"indicators/{segment(indicator_id, 'indicator_id')}", expect=None)
+
+    def batch_delete_indicators(self, indicator_ids: list[str]) -> None:
+        self.request("POST", "indicators/BatchDelete", json_body={"IndicatorIds": indicator_ids}, expect=None)
+
+
+# ---- indicators: checking values before any call ----------------------------------------------
+
+
+def validate_indicator_id(value: Any, name: str = "indicator_id") -> str:
+    text = str(value or "").strip()
+    if not INDICATOR_ID.match(text):
+        raise ArgumentError(f"{name} must be a numeric indicator ID such as 995 (got '{value}'). Find IDs with "
+                            "!microsoft-atp-sc-indicator-list.")
+    return text
+
+
+def indicator_key(kind: str, value: str) -> tuple[str, str]:
+    """What Microsoft treats as the same indicator: hashes and domains compare case-insensitively."""
+    return kind, value if kind == "Url" else value.lower()
+
+
+def validate_url(value: str, name: str) -> str:
+    """An http(s) URL, or a host with a path, whose host is a domain name or an IP address."""
+    text = value.strip()
+    try:
+        parts = urlparse(text if "://" in text else f"http://{text}")
+        host = parts.hostname or ""
+    except ValueError:
+        host, parts = "", None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not host or any(c.isspace() for c in text):
+        raise ArgumentError(f"{name} must be a URL such as https://contoso.com/path (got '{value}').")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        validate_domain(host, name)
+    return text
+
+
+def validate_indicator_value(kind: str, value: str, name: str) -> str:
+    """The value checked for its indicator type, as Microsoft would check it; errors name the argument."""
+    text = str(value).strip()
+    if kind in HASH_TYPES:
+        length, label = HASH_TYPES[kind]
+        if len(text) != length or not re.fullmatch(r"[0-9a-fA-F]+", text):
+            raise ArgumentError(f"{name} must be a {label} of {length} hexadecimal characters for indicator type "
+                                f"{kind} (got '{value}').")
+        return text.lower()
+    if kind == "IpAddress":
+        if "/" in text:
+            raise ArgumentError(f"{name} must be a single IP address: the Indicators API has no CIDR blocks "
+                                f"(got '{value}').")
+        if "%" in text:
+            raise ArgumentError(f"{name} must be an IP address without a zone ID (got '{value}').")
+        return validate_ip(text, name)
+    if kind == "DomainName":
+        return validate_domain(text, name).rstrip(".")
+    return validate_url(text, name)
+
+
+def future_time(value: Any, name: str, now: datetime) -> datetime:
+    """An expiration: a relative time counted forward from now ('14 days') or an ISO 8601 time in the future."""
+    text = str(value).strip()
+    match = RELATIVE_TIME.match(text)
+    if match and "ago" not in text.lower():
+        when = now + timedelta(seconds=int(match.group(1)) * UNIT_SECONDS[match.group(2).lower()])
+    else:
+        when = arg_to_datetime(text, name, now=now)
+    if when is None or when <= now:
+        raise ArgumentError(f"{name} must be in the future, e.g. '14 days' or an ISO 8601 time after "
+                            f"{format_datetime(now)} (got '{value}').")
+    return when
+
+
+@dataclass(frozen=True)
+class IndicatorNames:
+    """What the user calls each Indicators API field, so errors name the argument (or batch field) to fix."""
+
+    value: str = "indicatorValue"
+    type: str = "indicatorType"
+    action: str = "action"
+    severity: str = "severity"
+    expiration: str = "expirationTime"
+    generate_alert: str = "generateAlert"
+    educate_url: str = "educateUrl"
+    title: str = "title"
+    description: str = "description"
+
+
+SC_ARGUMENT_NAMES = IndicatorNames("indicator_value", "indicator_type", "action", "severity", "expiration_time",
+                                   "generate_alert", "educate_url", "indicator_title", "indicator_description")
+
+
+def checked_indicator(fields: dict, names: IndicatorNames, now: datetime) -> dict:
+    """A submit body in Microsoft's field names, every value checked; Microsoft's action/type rules applied."""
+    kind = arg_choice(fields.get("indicatorType"), names.type, INDICATOR_TYPES)
+    action = arg_choice(fields.get("action"), names.action, INDICATOR_ACTIONS)
+    for field_name, shown in (("indicatorValue", names.value), ("title", names.title),
+                              ("description", names.description)):
+        if not str(fields.get(field_name) or "").strip():
+            raise ArgumentError(f"{shown} is required.")
+    if kind is None or action is None:
+        raise ArgumentError(f"{names.type if kind is None else names.action} is required.")
+    body = {"indicatorValue": validate_indicator_value(kind, fields["indicatorValue"], names.value),
+            "indicatorType": kind, "action": action, "title": str(fields["title"]).strip(),
+            "description": str(fields["description"]).strip()}
+    if action in INDICATOR_ACTION_TYPES and kind not in INDICATOR_ACTION_TYPES[action]:
+        raise ArgumentError(f"{names.action}={action} applies only to indicator types "
+                            f"{', '.join(INDICATOR_ACTION_TYPES[action])}; {kind} indicators take "
+                            f"{', '.join(a for a in INDICATOR_ACTIONS if kind in INDICATOR_ACTION_TYPES.get(a, (kind,)))}.")
+    generate_alert = arg_to_bool(fields.get("generateAlert"), names.generate_alert, default=action == "Audit")
+    if action == "Audit" and not generate_alert:
+        raise ArgumentError(f"{names.generate_alert} must be true for {names.action}=Audit: an Audit indicator "
+                            "only raises alerts.")
+    body["generateAlert"] = generate_alert
+    if fields.get("expirationTime") not in (None, ""):
+        body["expirationTime"] = format_datetime(future_time(fields["expirationTime"], names.expiration, now))
+    severity = arg_choice(fields.get("severity"), names.severity, INDICATOR_SEVERITIES)
+    if severity:
+        body["severity"] = severity
+    educate_url = str(fields.get("educateUrl") or "").strip()
+    if educate_url:
+        if kind not in NETWORK_TYPES or action not in ("Block", "Warn"):
+            raise ArgumentError(f"{names.educate_url} applies only to Block or Warn on IpAddress, DomainName or "
+                                "Url indicators.")
+        body["educateUrl"] = validate_url(educate_url, names.educate_url)
+    for field_name in ("application", "recommendedActions", "externalID"):
+        if str(fields.get(field_name) or "").strip():
+            body[field_name] = str(fields[field_name]).strip()
+    groups = arg_to_list(fields.get("rbacGroupNames"))
+    if groups:
+        body["rbacGroupNames"] = groups
+    return body
+
+
+# ---- indicators: results ------------------------------------------------------------------------
+
+
+def indicator_standard_context(indicators: list[dict], *, scored: bool) -> dict:
+    """The standard File/IP/Domain/URL context for each indicator's value, and (when scored) the DBotScore its
+    action implies, as XSOAR's reputation conventions expect."""
+    outputs: dict[str, list[dict]] = {}
+    for indicator in indicators:
+        kind, value = indicator.get("indicatorType"), indicator.get("indicatorValue")
+        if kind not in STANDARD_CONTEXTS or not value:
+            continue
+        key, field_name, score_type = STANDARD_CONTEXTS[kind]
+        outputs.setdefault(key, []).append({field_name: value})
+        if scored and indicator.get("action") in ACTION_SCORES:
+            outputs.setdefault(DBOT_SCORE_KEY, []).append({
+                "Indicator": value, "Type": score_type, "Vendor": VENDOR,
+                "Score": ACTION_SCORES[indicator["action"]]})
+    return outputs
+
+
+def indicators_result(indicators: list[dict], title: str, *, empty_note: str = "") -> CommandResult:
+    result = entity_result(INDICATOR, indicators, title)
+    result.outputs.update(indicator_standard_context(indicators, scored=True))
+    if not indicators and empty_note:
+        result.readable += f"\n\n{empty_note}"
+    return result
+
+
+def existing_indicator(client: "Client", kind: str, value: str) -> dict | None:
+    odata = ODataFilter(INDICATOR_FILTER_FIELDS).eq("indicatorValue", value).eq("indicatorType", kind).build()
+    return next(iter(client.list_indicators(odata_filter=odata, limit=1)), None)
+
+
+def active_indicator_count(client: "Client", now: datetime) -> int:
+    """Indicators this application can see that have not expired (what counts against the 15,000 cap)."""
+    odata = ODataFilter(INDICATOR_FILTER_FIELDS).any_of(
+        ODataFilter().compare("expirationTime", "gt", now), ODataFilter().verbatim("expirationTime eq null")).build()
+    return sum(1 for _ in client.list_indicators(odata_filter=odata))
+
+
+def cap_refusal_message(client: "Client", now: datetime) -> str:
+    return (f"Microsoft refused to create the indicator: a tenant holds at most {MAX_ACTIVE_INDICATORS:,} active "
+            f"indicators, and {active_indicator_count(client, now):,} active indicators are visible to this "
+            "application. Delete indicators (!microsoft-atp-sc-indicator-delete) or let some expire, then try again.")
+
+
+def submit_indicator(client: "Client", body: dict) -> tuple[dict, bool]:
+    """Microsoft's submit-or-update; returns the indicator and whether it was created (it did not exist)."""
+    existed = existing_indicator(client, body["indicatorType"], body["indicatorValue"]) is not None
+    try:
+        return client.submit_indicator(body), not existed
+    except ApiError as exc:
+        if exc.status == 400 and not existed and CAP_REFUSAL.search(str(exc)):
+            raise IntegrationError(cap_refusal_message(client, client.clock.utcnow())) from exc
+        raise
+
+
+# ---- indicators: sc commands --------------------------------------------------------------------
+
+
+def indicator_from_args(args: dict) -> dict:
+    return {"indicatorValue": args.get("indicator_value"), "indicatorType": args.get("indicator_type"),
+            "action": args.get("action"), "severity": args.get("severity"),
+            "expirationTime": args.get("expiration_time") or "14 days", "title": args.get("indicator_title"),
+            "description": args.get("indicator_description"), "application": args.get("indicator_application"),
+            "recommendedActions": args.get("recommended_actions"), "rbacGroupNames": args.get("rbac_group_names"),
+            "generateAlert": args.get("generate_alert"), "educateUrl": args.get("educate_url")}
+
+
+def submit_indicator_command(client: "Client", args: dict) -> CommandResult:
+    body = checked_indicator(indicator_from_args(args), SC_ARGUMENT_NAMES, client.clock.utcnow())
+    indicator, created = submit_indicator(client, body)
+    verb = "created" if created else "updated (an indicator with this type and value existed)"
+    return indicators_result([indicator], f"Indicator {indicator.get('id', '')} {verb}")
+
+
+@command("microsoft-atp-sc-indicator-create", TI_ROLES)
+def sc_create_indicator_command(client: "Client", args: dict) -> CommandResult:
+    return submit_indicator_command(client, args)
+
+
+@command("microsoft-atp-sc-indicator-update", TI_ROLES)
+def sc_update_indicator_command(client: "Client", args: dict) -> CommandResult:
+    return submit_indicator_command(client, args)
+
+
+@command("microsoft-atp-sc-indicator-list", TI_ROLES)
+def sc_list_indicators_command(client: "Client", args: dict) -> CommandResult:
+    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=0)
+    skip = arg_to_int(args.get("skip"), "skip", default=0, minimum=0)
+    kind = arg_choice(args.get("indicator_type"), "indicator_type", INDICATOR_TYPES)
+    odata = (ODataFilter(INDICATOR_FILTER_FIELDS).eq("indicatorValue", str(args.get("indicator_value") or "").strip())
+             .eq("title", str(args.get("indicator_title") or "").strip()).eq("indicatorType", kind).build())
+    indicators = list(client.list_indicators(odata_filter=odata, limit=limit or None, offset=int(skip)))
+    return indicators_result(indicators, "Indicators", empty_note=OWN_INDICATORS_NOTE)
+
+
+@command("microsoft-atp-sc-indicator-get-by-id", TI_ROLES)
+def sc_get_indicator_command(client: "Client", args: dict) -> CommandResult:
+    indicator = client.get_indicator(validate_indicator_id(args.get("indicator_id")))
+    return indicators_result([indicator], f"Indicator {indicator.get('id', '')}")
+
+
+def delete_indicators(client: "Client", indicator_ids: list[str]) -> tuple[list[str], Failures]:
+    """One ID: DELETE it. Several: BatchDelete in chunks of 500; Microsoft deletes none of a chunk when any ID is
+    missing (404), so then the chunk is narrowed to the IDs that exist and sent again."""
+    if len(indicator_ids) == 1:
+        try:
+            client.delete_indicator(indicator_ids[0])
+        except ApiError as exc:
+            return [], [(indicator_ids[0], str(exc))]
+        return indicator_ids, []
+    deleted: list[str] = []
+    failed: Failures = []
+    known: set[str] | None = None
+    for start in range(0, len(indicator_ids), IMPORT_BATCH_SIZE):
+        chunk = indicator_ids[start:start + IMPORT_BATCH_SIZE]
+        try:
+            client.batch_delete_indicators(chunk)
+        except ApiError as exc:
+            if exc.status != 404:
+                failed += [(i, str(exc)) for i in chunk]
+                continue
+            known = known if known is not None else {str(i.get("id")) for i in client.list_indicators()}
+            failed += [(i, "No such indicator (or it was created by another application and this one lacks "
+                           "Ti.ReadWrite.All).") for i in chunk if i not in known]
+            chunk = [i for i in chunk if i in known]
+            if not chunk:
+                continue
+            try:
+                client.batch_delete_indicators(chunk)
+            except ApiError as retry_exc:
+                failed += [(i, str(retry_exc)) for i in chunk]
+                continue
+        deleted += chunk
+    return deleted, failed
+
+
+@command("microsoft-atp-sc-indicator-delete", TI_ROLES)
+def sc_delete_indicator_command(client: "Client", args: dict) -> CommandResult:
+    ids, failed = [], []
+    for value in arg_to_list(args.get("indicator_id")):
+        try:
+            ids.append(validate_indicator_id(value))
+        except ArgumentError as exc:
+            failed.append((value, str(exc)))
+    if not ids and not failed:
+        raise ArgumentError("indicator_id is required.")
+    deleted, not_deleted = delete_indicators(client, list(dict.fromkeys(ids))) if ids else ([], [])
+    failed += not_deleted
+    if not deleted:
+        raise IntegrationError("No indicator was deleted:\n" + "\n".join(f"- {i}: {e}" for i, e in failed))
+    readable = markdown_table("Deleted indicators", [{"ID": i} for i in deleted]) + failures_readable(
+        failed, "Indicator ID")
+    return CommandResult(readable, raw={"deleted": deleted, "failed": [{"id": i, "error": e} for i, e in failed]})
+
+
+# ---- indicators: batch import ---------------------------------------------------------------------
+
+
+def batch_items(value: Any) -> list:
+    """indicator_batch as a list: a list already, JSON text, or the entry ID (locally: the path) of a JSON file."""
+    if isinstance(value, list):
+        return value
+    text = str(value or "").strip()
+    if not text:
+        raise ArgumentError("indicator_batch is required: a JSON list of indicators or a file entry ID.")
+    if not text.startswith(("[", "{")):
+        try:
+            path = demisto.getFilePath(text)["path"]
+            with open(path, encoding="utf-8-sig") as handle:
+                text = handle.read()
+        except Exception as exc:  # the platform raises its own error types for unknown entries
+            raise ArgumentError(f"indicator_batch: '{value}' is neither a JSON list nor a readable file entry "
+                                f"({exc}).") from None
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise ArgumentError(f"indicator_batch is not valid JSON: {exc}.") from None
+    if not isinstance(items, list):
+        raise ArgumentError("indicator_batch must be a JSON list of indicator objects.")
+    return items
+
+
+@dataclass
+class BatchItem:
+    position: int  # 1-based, as the user counts items
+    value: str
+    body: dict | None = None
+    outcome: dict | None = None  # {"id", "indicator", "isFailed", "failureReason", "outcome"}
+
+    def fail(self, reason: str) -> None:
+        self.outcome = {"id": None, "indicator": self.value, "isFailed": True, "failureReason": reason,
+                        "outcome": "Failed"}
+
+
+def checked_batch(items: list, now: datetime) -> list[BatchItem]:
+    """Every item checked like a single indicator; invalid ones and repeats of an earlier item fail here."""
+    checked: list[BatchItem] = []
+    first_seen: dict[tuple[str, str], int] = {}
+    for position, item in enumerate(items, start=1):
+        value = str(item.get("indicatorValue") or "") if isinstance(item, dict) else str(item)
+        entry = BatchItem(position, value)
+        checked.append(entry)
+        try:
+            if not isinstance(item, dict):
+                raise ArgumentError("each item must be a JSON object with the Indicators API's fields.")
+            unknown = sorted(set(item) - set(INDICATOR_ITEM_FIELDS))
+            if unknown:
+                raise ArgumentError(f"unknown field(s) {', '.join(unknown)}; fields are case-sensitive: "
+                                    f"{', '.join(INDICATOR_ITEM_FIELDS)}.")
+            entry.body = checked_indicator(item, IndicatorNames(), now)
+        except ArgumentError as exc:
+            entry.fail(f"item {position}: {exc}")
+            continue
+        key = indicator_key(entry.body["indicatorType"], entry.body["indicatorValue"])
+        if key in first_seen:
+            entry.body = None
+            entry.fail(f"item {position} repeats item {first_seen[key]} (same type and value); it was sent once.")
+        else:
+            first_seen[key] = position
+    return checked
+
+
+class CallPacer:
+    """Keeps calls under `per_minute` in any 60 seconds on the injected clock (Microsoft's import quota)."""
+
+    def __init__(self, clock: Clock, per_minute: int):
+        self.clock, self.per_minute = clock, per_minute
+        self.calls: list[float] = []
+
+    def wait_turn(self) -> None:
+        now = self.clock.now()
+        self.calls = [t for t in self.calls if t > now - 60]
+        if len(self.calls) >= self.per_minute:
+            delay = self.calls[0] + 60 - now
+            log_debug(f"indicator import: pacing to {self.per_minute} calls a minute, waiting {delay:.0f}s")
+            self.clock.sleep(delay)
+        self.calls.append(self.clock.now())
+
+
+def import_chunk(client: "Client", chunk: list[BatchItem], existing: set[tuple[str, str]]) -> None:
+    """One import call; each item's outcome from Microsoft's per-item answer (a failed call fails its items)."""
+    try:
+        answers = client.import_indicators([item.body for item in chunk])
+    except ApiError as exc:
+        for item in chunk:
+            item.fail(f"the import call for this item failed: {exc}")
+        return
+    by_value: dict[str, list[dict]] = {}
+    for answer in answers:
+        by_value.setdefault(str(answer.get("indicator") or "").lower(), []).append(answer)
+    for item in chunk:
+        matches = by_value.get(item.body["indicatorValue"].lower()) or []
+        if not matches:
+            item.fail("Microsoft's answer did not mention this indicator; check it with "
+                      "!microsoft-atp-sc-indicator-list.")
+            continue
+        answer = matches.pop(0)
+        if answer.get("isFailed"):
+            item.fail(str(answer.get("failureReason") or "refused by Microsoft without a reason"))
+            continue
+        created = indicator_key(item.body["indicatorType"], item.body["indicatorValue"]) not in existing
+        item.outcome = {"id": answer.get("id"), "indicator": item.value, "isFailed": False, "failureReason": None,
+                        "outcome": "Created" if created else "Updated"}
+
+
+def import_indicators(client: "Client", items: list[BatchItem]) -> int:
+    """Sends the checked items in chunks of 500 at most 30 calls a minute; returns the number of calls."""
+    ready = [item for item in items if item.body is not None]
+    if not ready:
+        return 0
+    existing = {indicator_key(str(i.get("indicatorType")), str(i.get("indicatorValue")))
+                for i in client.list_indicators()}
+    pacer = CallPacer(client.clock, IMPORT_CALLS_PER_MINUTE)
+    calls = 0
+    for start in range(0, len(ready), IMPORT_BATCH_SIZE):
+        pacer.wait_turn()
+        import_chunk(client, ready[start:start + IMPORT_BATCH_SIZE], existing)
+        calls += 1
+    return calls
+
+
+@command("microsoft-atp-indicator-batch-update", TI_ROLES)
+def batch_update_indicators_command(client: "Client", args: dict) -> CommandResult:
+    items = checked_batch(batch_items(args.get("indicator_batch")), client.clock.utcnow())
+    if not items:
+        raise ArgumentError("indicator_batch holds no indicators.")
+    calls = import_indicators(client, items)
+    outcomes = [item.outcome for item in items if item.outcome]
+    counts = {name: sum(1 for o in outcomes if o["outcome"] == name) for name in ("Created", "Updated", "Failed")}
+    summary = (f"{len(items)} indicators: {counts['Created']} created, {counts['Updated']} updated, "
+               f"{counts['Failed']} failed ({calls} import call{'s' if calls != 1 else ''}).")
+    if any(CAP_REFUSAL.search(str(o["failureReason"] or "")) for o in outcomes):
+        summary += (f"\nSome were refused because a tenant holds at most {MAX_ACTIVE_INDICATORS:,} active "
+                    f"indicators; {active_indicator_count(client, client.clock.utcnow()):,} are active and visible "
+                    "to this application.")
+    if not counts["Created"] and not counts["Updated"]:
+        reasons = "\n".join(f"- {o['indicator']}: {o['failureReason']}" for o in outcomes[:TABLE_ROW_LIMIT])
+        raise IntegrationError(f"No indicator was imported. {summary}\n{reasons}")
+    failed = [o for o in outcomes if o["isFailed"]]
+    result = entity_result(IMPORT_OUTCOME, failed + [o for o in outcomes if not o["isFailed"]], "Indicator import")
+    result.readable = f"{summary}\n\n{result.readable}"
+    return result
+
+
+# ---- indicators: the older Graph tiIndicators commands, run on the Indicators API ------------------
+# Microsoft removed Graph's tiIndicators in April 2026. These commands keep their arguments and context paths:
+# each argument maps to its Indicators API field, arguments the Indicators API cannot express are refused, and the
+# older context keys are filled from the Indicators API fields that have a counterpart.
+
+LEGACY_ACTIONS = {"allow": ("Allowed", False), "block": ("Block", True), "alert": ("Audit", True)}
+LEGACY_ACTION_NAMES = {"Allowed": "allow", "Audit": "alert", "Alert": "alert", "Block": "block",
+                       "BlockAndRemediate": "block", "AlertAndBlock": "block", "Warn": "block"}
+LEGACY_SEVERITIES = {"Informational": "Informational", "Low": "Low", "MediumLow": "Medium", "MediumHigh": "Medium",
+                     "High": "High"}
+LEGACY_THREAT_TYPES = ("Botnet", "C2", "CryptoMining", "Darknet", "DDoS", "MaliciousUrl", "Malware", "Phishing",
+                       "Proxy", "PUA", "WatchList")
+LEGACY_HASH_TYPES = {"sha1": "FileSha1", "sha256": "FileSha256", "md5": "FileMd5"}
+HASH_LENGTH_TYPES = {40: "FileSha1", 64: "FileSha256", 32: "FileMd5"}
+LEGACY_NETWORK_VALUES = (("domain_name", "DomainName"), ("url", "Url"), ("network_ipv4", "IpAddress"),
+                         ("network_ipv6", "IpAddress"), ("network_destination_ipv4", "IpAddress"),
+                         ("network_destination_ipv6", "IpAddress"))
+_NO_CIDR = "the Indicators API has no CIDR blocks; give single addresses (network_ipv4 or network_ipv6)"
+_ALL_PORTS = "Indicators API indicators apply to every port and protocol"
+_REMOTE_ONLY = ("Indicators API IP indicators match the remote address of a connection; give it as network_ipv4, "
+                "network_ipv6 or a network_destination_* argument")
+LEGACY_REFUSED = {
+    "network_cidr_block": _NO_CIDR, "network_destination_cidr_block": _NO_CIDR, "network_source_cidr_block": _NO_CIDR,
+    "network_destination_asn": "the Indicators API cannot match autonomous system numbers",
+    "network_source_asn": "the Indicators API cannot match autonomous system numbers",
+    "network_port": _ALL_PORTS, "network_destination_port": _ALL_PORTS, "network_source_port": _ALL_PORTS,
+    "network_protocol": _ALL_PORTS, "network_source_ipv4": _REMOTE_ONLY, "network_source_ipv6": _REMOTE_ONLY,
+    "user_agent": "the Indicators API cannot match user agents",
+    "file_mutex_name": "the Indicators API cannot match mutex names",
+}
+LEGACY_NOT_KEPT = ("tlp_level", "confidence", "tags", "file_packer", "file_compile_date_time",
+                   "file_created_date_time", "file_name", "file_size", "file_type", "file_path")
+LEGACY_INDICATOR = EntitySpec({
+    "id": "id", "description": "description", "expirationTime": "expirationDateTime", "externalID": "externalId",
+    "creationTimeDateTimeUtc": "ingestedDateTime", "lastUpdateTime": "lastReportedDateTime", "severity": "severity",
+}, path="Indicators", key=("id",), headers=("id", "action", "fileHashValue", "domainName", "url", "networkIPv4",
+                                            "networkIPv6", "severity", "expirationDateTime", "description"))
+
+
+def legacy_fields(indicator: dict, now: datetime) -> dict:
+    """The older context keys that have an Indicators API counterpart."""
+    kind, value, action = indicator.get("indicatorType"), indicator.get("indicatorValue"), indicator.get("action")
+    fields: dict[str, Any] = {"action": LEGACY_ACTION_NAMES.get(str(action), "unknown"),
+                              "passiveOnly": action in ("Audit", "Alert"), "targetProduct": "Microsoft Defender ATP"}
+    try:
+        expires = indicator.get("expirationTime")
+        fields["isActive"] = not expires or parse_iso_datetime(str(expires)) > now
+    except ValueError:
+        pass
+    if kind in ("FileSha1", "FileSha256", "FileMd5"):
+        fields.update(fileHashType=kind[4:].lower(), fileHashValue=value)
+    elif kind == "DomainName":
+        fields["domainName"] = value
+    elif kind == "Url":
+        fields["url"] = value
+    elif kind == "IpAddress":
+        fields["networkIPv6" if ":" in str(value) else "networkIPv4"] = value
+    return fields
+
+
+def legacy_result(indicators: list[dict], title: str, now: datetime, *, file_details: dict | None = None,
+                  note: str = "") -> CommandResult:
+    result = entity_result(LEGACY_INDICATOR, indicators, title, extra=lambda record: legacy_fields(record, now))
+    standard = indicator_standard_context(indicators, scored=False)
+    if file_details and FILE_CONTEXT_KEY in standard:
+        details = {k: v for k, v in file_details.items() if v not in (None, "")}
+        standard[FILE_CONTEXT_KEY] = [{**entry, **details} for entry in standard[FILE_CONTEXT_KEY]]
+    result.outputs.update(standard)
+    if note:
+        result.readable += f"\n\n{note}"
+    return result
+
+
+def legacy_submission(args: dict, now: datetime) -> dict:
+    """The fields every older create command shares, mapped to the Indicators API; refused arguments fail here."""
+    for name, why in LEGACY_REFUSED.items():
+        if str(args.get(name) or "").strip():
+            raise ArgumentError(f"{name} cannot be used any more: {why}. Leave {name} empty.")
+    action = arg_choice(args.get("action"), "action", ("unknown", *LEGACY_ACTIONS))
+    if action in (None, "unknown"):
+        raise ArgumentError("action must be allow, block or alert (the Indicators API has no 'unknown' action).")
+    threat_type = arg_choice(args.get("threat_type"), "threat_type", LEGACY_THREAT_TYPES)
+    if threat_type is None:
+        raise ArgumentError(f"threat_type is required: one of {', '.join(LEGACY_THREAT_TYPES)}.")
+    arg_to_int(args.get("confidence"), "confidence", minimum=0, maximum=100)
+    severity = arg_choice(args.get("severity"), "severity", LEGACY_SEVERITIES, default="MediumHigh")
+    api_action, generate_alert = LEGACY_ACTIONS[action]
+    return {"action": api_action, "generateAlert": generate_alert, "title": f"{threat_type} indicator",
+            "description": arg_required(args, "description"), "severity": LEGACY_SEVERITIES[str(severity)],
+            "expirationTime": arg_required(args, "expiration_time")}
+
+
+def legacy_names(value_argument: str, type_argument: str = "") -> IndicatorNames:
+    return IndicatorNames(value=value_argument, type=type_argument or value_argument, action="action",
+                          severity="severity", expiration="expiration_time", generate_alert="action",
+                          title="threat_type", description="description")
+
+
+def legacy_not_kept_note(args: dict) -> str:
+    given = [name for name in LEGACY_NOT_KEPT if str(args.get(name) or "").strip()]
+    return f"Not kept by the Indicators API (accepted, not stored): {', '.join(given)}." if given else ""
+
+
+def legacy_hash_type(args: dict, value: str) -> str:
+    named = str(args.get("file_hash_type") or "").strip()
+    if named and named.lower() != "unknown":
+        kind = LEGACY_HASH_TYPES.get(named.lower())
+        if kind is None:
+            raise ArgumentError(f"file_hash_type={named} cannot be blocked by the Indicators API; use sha1, sha256 or "
+                                "md5.")
+        return kind
+    kind = HASH_LENGTH_TYPES.get(len(value))
+    if kind is None:
+        raise ArgumentError(f"file_hash_value must be a SHA-1, SHA-256 or MD5 hash (got '{value}').")
+    return kind
+
+
+@command("microsoft-atp-indicator-list", TI_ROLES)
+def legacy_list_indicators_command(client: "Client", args: dict) -> CommandResult:
+    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=1)
+    page_size = arg_to_int(args.get("page_size"), "page_size", default=50, minimum=1, maximum=MAX_PAGE_SIZE)
+    indicators = list(client.list_indicators(limit=limit, page_size=int(page_size)))
+    return legacy_result(indicators, "Indicators", client.clock.utcnow(),
+                         note="" if indicators else OWN_INDICATORS_NOTE)
+
+
+@command("microsoft-atp-indicator-get-by-id", TI_ROLES)
+def legacy_get_indicator_command(client: "Client", args: dict) -> CommandResult:
+    indicator = client.get_indicator(validate_indicator_id(args.get("indicator_id")))
+    return legacy_result([indicator], f"Indicator {indicator.get('id', '')}", client.clock.utcnow())
+
+
+@command("microsoft-atp-indicator-create-file", TI_ROLES)
+def legacy_create_file_indicator_command(client: "Client", args: dict) -> CommandResult:
+    now = client.clock.utcnow()
+    fields = legacy_submission(args, now)
+    value = arg_required(args, "file_hash_value")
+    size = arg_to_int(args.get("file_size"), "file_size", minimum=0)
+    fields.update(indicatorValue=value, indicatorType=legacy_hash_type(args, value))
+    indicator, created = submit_indicator(client, checked_indicator(fields, legacy_names("file_hash_value",
+                                                                                         "file_hash_type"), now))
+    details = {"Name": args.get("file_name"), "Size": size, "Type": args.get("file_type"), "Path": args.get("file_path")}
+    return legacy_result([indicator], f"File indicator {indicator.get('id', '')} {'created' if created else 'updated'}",
+                         now, file_details=details, note=legacy_not_kept_note(args))
+
+
+@command("microsoft-atp-indicator-create-network", TI_ROLES)
+def legacy_create_network_indicator_command(client: "Client", args: dict) -> CommandResult:
+    now = client.clock.utcnow()
+    fields = legacy_submission(args, now)
+    bodies = {f"{name}={str(args[name]).strip()}": checked_indicator(
+        {**fields, "indicatorValue": str(args[name]).strip(), "indicatorType": kind}, legacy_names(name), now)
+        for name, kind in LEGACY_NETWORK_VALUES if str(args.get(name) or "").strip()}
+    if not bodies:
+        raise ArgumentError("Give at least one of " + ", ".join(name for name, _ in LEGACY_NETWORK_VALUES) + ".")
+    done, failed = call_for_each(list(bodies), lambda label: submit_indicator(client, bodies[label])[0],
+                                 "Creating the network indicators")
+    note = "\n\n".join(text for text in (legacy_not_kept_note(args), failures_readable(failed, "Argument").strip())
+                       if text)
+    return legacy_result([indicator for _, indicator in done], "Network indicators created or updated", now,
+                         note=note)
+
+
+def legacy_resubmission(current: dict, changes: dict) -> dict:
+    """The stored indicator as a submit body (Microsoft has no PATCH for indicators), with `changes` applied;
+    the retired Alert and AlertAndBlock actions become Audit and Block with alerting."""
+    action = {"Alert": "Audit", "AlertAndBlock": "Block"}.get(str(current.get("action")), current.get("action"))
+    body = {name: current[name] for name in INDICATOR_ITEM_FIELDS if current.get(name) not in (None, "", [])}
+    body.pop("application", None)  # Microsoft keeps it only on creation
+    body.update(action=action, **changes)
+    if current.get("action") in ("Alert", "AlertAndBlock"):
+        body["generateAlert"] = True
+    return body
+
+
+@command("microsoft-atp-indicator-update", TI_ROLES)
+def legacy_update_indicator_command(client: "Client", args: dict) -> CommandResult:
+    now = client.clock.utcnow()
+    indicator_id = validate_indicator_id(args.get("indicator_id"))
+    changes = {"expirationTime": format_datetime(future_time(arg_required(args, "expiration_time"),
+                                                             "expiration_time", now)),
+               "severity": LEGACY_SEVERITIES[str(arg_choice(args.get("severity"), "severity", LEGACY_SEVERITIES,
+                                                            default="MediumHigh"))]}
+    if str(args.get("description") or "").strip():
+        changes["description"] = str(args["description"]).strip()
+    indicator = client.submit_indicator(legacy_resubmission(client.get_indicator(indicator_id), changes))
+    return legacy_result([indicator], f"Indicator {indicator.get('id', indicator_id)} updated", now)
+
+
+@command("microsoft-atp-indicator-delete", TI_ROLES)
+def legacy_delete_indicator_command(client: "Client", args: dict) -> CommandResult:
+    indicator_id = validate_indicator_id(args.get("indicator_id"))
+    client.delete_indicator(indicator_id)
+    return CommandResult(f"Indicator {indicator_id} deleted.", raw={"deleted": [indicator_id]})
 
 
 # ============================================================================================
@@ -3428,11 +4449,12 @@ class Client(Transport, MachinesApi, MachineActionsApi, AlertsApi, Investigation
 def build_client(params: dict, session: requests.Session | None = None, clock: Clock = SYSTEM_CLOCK) -> Client:
     session = session or requests.Session()
     settings = auth_settings_from_params(params)
-    provider = build_token_provider(settings, session)
-    client = Client(settings.cloud.api_base, BearerAuth(provider), verify=settings.verify, proxies=settings.proxies,
+    network = Network.from_params(params)
+    provider = build_token_provider(settings, session, network, clock)
+    client = Client(settings.cloud.api_base, BearerAuth(provider), verify=network.verify, proxies=network.proxies,
                     session=session, clock=clock)
     client.configure_hunting(params, settings.cloud.graph_base,
-                             BearerAuth(build_token_provider(settings, session, graph=True)))
+                             BearerAuth(build_token_provider(settings, session, network, clock, graph=True)))
     return client
 
 

@@ -46,7 +46,7 @@ def getLastRun():
 
 
 def setLastRun(obj) -> None:
-    _runtime.current().store.set_last_run(obj)
+    _runtime.current().set_last_run(obj)
 
 
 def incidents(incidents=None) -> None:
@@ -59,6 +59,11 @@ def investigation() -> dict:
 
 def uniqueFile() -> str:
     return _runtime.current().unique_file()
+
+
+def getFilePath(id: str) -> dict:  # noqa: A002 - the platform's signature
+    """{"path", "name"} of a file entry (locally: the entry ID is a path relative to where the CLI ran)."""
+    return _runtime.current().get_file_path(id)
 
 
 def debug(msg, *args) -> None:

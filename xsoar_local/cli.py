@@ -262,7 +262,8 @@ class Session:
             print(json.dumps(merge_context(all_entries), indent=2, default=str))
 
     def fetch(self, instance: Instance) -> None:
-        runtime = self.run_plugin(instance, FETCH_INCIDENTS, {})
+        with self.store.fetch_lock():  # XSOAR runs one fetch per instance at a time
+            runtime = self.run_plugin(instance, FETCH_INCIDENTS, {})
         self.show_entries(FETCH_INCIDENTS, runtime.entries, final=True)
         incidents = runtime.incidents or []
         if self.options.json:
@@ -272,7 +273,9 @@ class Session:
             rows += [[str(i.get("name", "")), str(i.get("occurred", "")), str(i.get("severity", ""))]
                      for i in incidents]
             print("\n".join(render_table(rows, terminal_width())))
-        summary = f"fetched {len(incidents)} incident(s); last run saved in {self.store.directory}"
+        saved = (f"last run saved in {self.store.directory}" if runtime.last_run_saved
+                 else "last run not saved (the next fetch starts from the same point)")
+        summary = f"fetched {len(incidents)} incident(s); {saved}"
         print(summary, file=sys.stderr if self.options.json else sys.stdout)
 
     # ------------------------------------------------------------ output

@@ -35,9 +35,11 @@ class Runtime:
         self._command = command
         self.store = store or MemoryStore()
         self._workdir = Path(workdir) if workdir else None
+        self.user_dir = Path.cwd()  # where the user ran the CLI: file arguments are paths relative to it
         self.verbose = verbose
         self.entries: list = []  # everything passed to results(), flattened
         self.incidents: list | None = None  # set by incidents(); None when the plugin never called it
+        self.last_run_saved = False  # whether the plugin called setLastRun()
 
     # -- what the plugin reads
     def params(self) -> dict:
@@ -55,6 +57,13 @@ class Runtime:
     def unique_file(self) -> str:
         return uuid.uuid4().hex
 
+    def get_file_path(self, entry_id: str) -> dict:
+        """XSOAR resolves a file entry ID to the file's local path; locally the "entry ID" is the path itself."""
+        path = (self.user_dir / str(entry_id)).resolve()
+        if not path.is_file():
+            raise ValueError(f"no file at {path}")
+        return {"path": str(path), "name": path.name}
+
     @property
     def workdir(self) -> Path:
         """Where the plugin's relative file paths land (the CLI runs the plugin with this as cwd)."""
@@ -71,6 +80,10 @@ class Runtime:
 
     def set_incidents(self, incidents: list | None) -> None:
         self.incidents = list(incidents or [])
+
+    def set_last_run(self, obj: object) -> None:
+        self.store.set_last_run(obj)
+        self.last_run_saved = True
 
     # -- logging: stderr only, so stdout stays the command's output
     def log(self, level: str, message: object) -> None:
