@@ -3485,6 +3485,9 @@ def hunting_failure(exc: ApiError) -> IntegrationError:
                         "retry. Run fewer or narrower hunts.", status=429, code=exc.code)
     if any(marker in text.lower() for marker in HUNT_LIMIT_TEXTS):
         return ApiError(f"{text} {HUNT_LIMIT_HINT}", status=exc.status, code=exc.code)
+    if exc.status is None and text.startswith("Timed out"):
+        return ApiError(f"{text} A slow query takes longer than the timeout argument allows: raise timeout (up to "
+                        f"{HUNT_MAX_TIMEOUT} s), or {HUNT_LIMIT_HINT[0].lower()}{HUNT_LIMIT_HINT[1:]}")
     return exc
 
 
@@ -3586,7 +3589,7 @@ def hunt_result(client: "Client", result: HuntResult, title: str, path: str, *, 
     rows = result.rows if rows is None else rows
     spec = EntitySpec({c["name"]: c["name"] for c in result.columns}, path=path, key=(),
                       headers=tuple(c["name"] for c in result.columns))
-    out = entity_result(spec, [r for r in rows if r] or [], title)
+    out = entity_result(spec, rows, title)
     if context is not None:
         out.outputs = {f"{CONTEXT_PREFIX}.{path}": context}
     elif not out.outputs:

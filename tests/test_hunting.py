@@ -221,7 +221,7 @@ def test_a_slow_answer_names_the_timeout_argument(xsoar, requests_mock):
     requests_mock.post(DEFENDER, exc=requests.exceptions.ReadTimeout)
     run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo", "timeout": "5"},
                     params=defender_params())
-    assert "Timed out" in run.error
+    assert "Timed out" in run.error and "raise timeout" in run.error
 
 
 # -- raw command: batches and names ------------------------------------------------------------------------------
@@ -307,9 +307,11 @@ def test_auto_runs_on_graph_with_a_graph_token(xsoar, requests_mock):
     assert "https://graph.microsoft.com/.default" in [form(r)["scope"] for r in tokens.request_history]
     assert run.context["MicrosoftATP.Hunt.Result"][0]["RemoteIP"] == "203.0.113.9"
     assert "Note:" not in run.entry["HumanReadable"]
-    assert xsoar.context["graph_access_token"] == GRAPH_TOKEN  # kept apart from the Defender token
     run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"})
     assert len([r for r in tokens.request_history if "graph" in r.text]) == 1  # reused across runs
+    xsoar.run("microsoft-atp-list-auth-permissions")  # needs the Defender token too
+    assert xsoar.context["graph_access_token"] == GRAPH_TOKEN  # kept apart from the Defender token,
+    assert xsoar.context["access_token"] == DEFENDER_TOKEN  # which keeps the older integration's keys
 
 
 def test_graph_schema_with_capitalised_keys_is_read_too(xsoar, requests_mock):
@@ -436,3 +438,14 @@ def test_every_template_command_writes_its_contract_path(xsoar, requests_mock, s
     run = xsoar.run(name, {**args, **({"query_purpose": purpose} if purpose else {})})
     assert run.context == {path: [row]}
     assert duckdb_kql.parse(call.last_request.json()["Query"]).ok
+
+
+def test_the_xsoar_app_flow_asks_the_oproxy_for_a_graph_token(xsoar, requests_mock):
+    from test_auth import oproxy_params
+
+    oproxy = requests_mock.post(mde.OPROXY_URL, json=lambda request, context: {
+        "access_token": GRAPH_TOKEN if request.json()["scope"] == "graph" else DEFENDER_TOKEN, "expires_in": 3595})
+    call = requests_mock.post(GRAPH, json=answer([ROW]))
+    run = xsoar.run("microsoft-atp-advanced-hunting", {"query": "DeviceInfo"}, params=oproxy_params())
+    assert not run.errors and call.last_request.headers["Authorization"] == f"Bearer {GRAPH_TOKEN}"
+    assert [r.json()["scope"] for r in oproxy.request_history] == ["graph"]
