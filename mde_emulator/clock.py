@@ -1,4 +1,6 @@
 """The emulator's clock: real time plus an offset that only moves forward (POST /admin/clock {"advance": s}).
+Frozen (POST /admin/clock {"frozen": true}) it stands still until advanced or thawed, so a test decides alone when
+emulator time passes, however slowly the machine runs; thawed, it returns to real time plus the offset.
 
 Everything the service decides by time reads it: action lifecycles, package link expiry, token lifetimes and
 expiry, authorization-code lifetime, rate-limit windows, the alert stream and timestamps that mean "now".
@@ -17,15 +19,29 @@ class Clock:
     def __init__(self, offset: float = 0.0):
         self._lock = threading.Lock()
         self._offset = float(offset)
+        self._frozen_at: float | None = None  # the real time it was frozen at
 
     @property
     def offset(self) -> float:
         """Seconds the clock has been advanced beyond real time."""
         return self._offset
 
+    @property
+    def frozen(self) -> bool:
+        return self._frozen_at is not None
+
     def now(self) -> float:
         """Epoch seconds."""
-        return time.time() + self._offset
+        with self._lock:
+            return (time.time() if self._frozen_at is None else self._frozen_at) + self._offset
+
+    def freeze(self, frozen: bool) -> None:
+        """Stop the clock (kept while already frozen) or let it run again; it never goes backwards."""
+        with self._lock:
+            if not frozen:
+                self._frozen_at = None
+            elif self._frozen_at is None:
+                self._frozen_at = time.time()
 
     def utcnow(self) -> dt.datetime:
         """The current time as an aware UTC datetime."""
@@ -43,4 +59,4 @@ class Clock:
     def snapshot(self) -> dict:
         now = self.now()
         return {"now": now, "utc": dt.datetime.fromtimestamp(now, dt.timezone.utc).isoformat(),
-                "offset_seconds": self._offset}
+                "offset_seconds": self._offset, "frozen": self.frozen}

@@ -513,6 +513,36 @@ def test_admin_clock_moves_forward_only(info):
     assert _admin(info, "GET", "/clock").json()["offset_seconds"] == after["offset_seconds"]
 
 
+def test_a_frozen_clock_moves_only_when_advanced_and_thaws_forward(info):
+    frozen = _admin(info, "POST", "/clock", json={"frozen": True}).json()
+    try:
+        assert frozen["frozen"] is True
+        assert _admin(info, "GET", "/clock").json()["now"] == frozen["now"]
+        advanced = _admin(info, "POST", "/clock", json={"advance": 5}).json()
+        assert advanced["now"] == frozen["now"] + 5 and advanced["frozen"] is True
+        for bad in ({"frozen": "yes"}, {"frozen": 1}, {"advance": -1, "frozen": False}):
+            assert _admin(info, "POST", "/clock", json=bad).status_code == 400, bad
+        assert _admin(info, "GET", "/clock").json() == advanced  # a refused body changed nothing
+    finally:
+        thawed = _admin(info, "POST", "/clock", json={"frozen": False}).json()
+    assert thawed["frozen"] is False and thawed["now"] >= advanced["now"]
+    assert thawed["offset_seconds"] == advanced["offset_seconds"]
+
+
+def test_an_action_on_a_frozen_clock_waits_for_the_clock(info, api, store):
+    machine = _windows_machine(store, 5)["id"]
+    _admin(info, "POST", "/clock", json={"frozen": True})
+    try:
+        action = api.post(f"/api/machines/{machine}/runAntiVirusScan", json={"Comment": "frozen", "ScanType": "Quick"}).json()
+        delay = _admin(info, "GET", "/faults").json()["action_delay"]
+        _advance(info, delay / 4)
+        assert api.get(f"/api/machineactions/{action['id']}").json()["status"] == "Pending"
+        _advance(info, delay)
+        assert api.get(f"/api/machineactions/{action['id']}").json()["status"] == "Succeeded"
+    finally:
+        _admin(info, "POST", "/clock", json={"frozen": False})
+
+
 def test_every_api_module_is_registered_once():
     api_modules = {p.stem for p in Path(emulator_server.__file__).parent.glob("api_*.py")}
     assert api_modules <= {m.__name__.rsplit(".", 1)[1] for m in emulator_server.ROUTE_MODULES}
