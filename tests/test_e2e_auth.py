@@ -3,10 +3,9 @@
 from __future__ import annotations
 
 import json
-import time
 
 import pytest
-from e2e import token_requests
+from e2e import api_requests, run_advancing_clock, token_requests
 
 from lab.demo import sign_in
 from lab.instances import set_auth_code
@@ -29,11 +28,12 @@ def test_authorization_code_flow_signs_in_once_and_then_refreshes(lab):
     login = lab.mde.run(instance, "microsoft-atp-generate-login-url", options=("--raw",), check=True)
     set_auth_code(instance, sign_in(json.loads(login.stdout)["login_url"], lab.emulator.ready["ca_bundle"]))
     before = token_requests(lab.emulator)
-    lab.emulator.set_faults(token_lifetime=1)  # every run needs a new access token
+    lab.emulator.set_faults(token_lifetime=1)
     try:
-        for _ in range(3):
-            assert "Success" in lab.mde.run(instance, "microsoft-atp-test", check=True).stdout
-            time.sleep(1)  # the 1-second token is reused for half its lifetime
+        with lab.emulator.frozen_clock():  # a token expires only when the test says, never during a run
+            for _ in range(3):
+                assert "Success" in lab.mde.run(instance, "microsoft-atp-test", check=True).stdout
+                lab.emulator.advance_clock(1)  # every run needs a new access token: reused, it is refused
     finally:
         lab.emulator.set_faults(token_lifetime=3600)
     after = token_requests(lab.emulator)
@@ -74,10 +74,21 @@ def test_rate_limited_listing_waits_and_succeeds(lab):
     instance = lab.instances["client-credentials"]
     lab.mde.run(instance, "microsoft-atp-test", check=True)  # a token in hand
     lab.emulator.reset_counters()
-    lab.emulator.set_faults(rate_limit_per_minute=2, rate_limit_window_seconds=3)
+    window = 1
+    lab.emulator.set_faults(rate_limit_per_minute=2, rate_limit_window_seconds=window)
     try:
-        for _ in range(3):
-            lab.mde.run(instance, "microsoft-atp-test", check=True)
+        with lab.emulator.frozen_clock():  # the quota is used up until the test moves the clock
+            for _ in range(2):
+                lab.mde.run(instance, "microsoft-atp-test", check=True)
+            third = run_advancing_clock(lab, instance, "microsoft-atp-test", when=lambda: refused(lab) > 0,
+                                        seconds=window + 1)
     finally:
         lab.emulator.set_faults(rate_limit_per_minute=None)
-    assert lab.emulator.counters()["responses"].get("429", 0) >= 1
+    assert third.returncode == 0, third.stderr
+    assert "Success" in third.stdout
+    assert refused(lab) >= 1  # refused until the window had passed, then served
+    assert api_requests(lab.emulator, "GET /api/alerts") == 3 + refused(lab)
+
+
+def refused(lab) -> int:
+    return lab.emulator.counters()["responses"].get("429", 0)
