@@ -19,7 +19,7 @@ class Clock:
     def __init__(self, offset: float = 0.0):
         self._lock = threading.Lock()
         self._offset = float(offset)
-        self._frozen_at: float | None = None  # the real time it was frozen at
+        self._frozen_now: float | None = None  # while frozen: the time it shows (advances add to it exactly)
 
     @property
     def offset(self) -> float:
@@ -28,20 +28,21 @@ class Clock:
 
     @property
     def frozen(self) -> bool:
-        return self._frozen_at is not None
+        return self._frozen_now is not None
 
     def now(self) -> float:
         """Epoch seconds."""
         with self._lock:
-            return (time.time() if self._frozen_at is None else self._frozen_at) + self._offset
+            return time.time() + self._offset if self._frozen_now is None else self._frozen_now
 
     def freeze(self, frozen: bool) -> None:
         """Stop the clock (kept while already frozen) or let it run again; it never goes backwards."""
         with self._lock:
-            if not frozen:
-                self._frozen_at = None
-            elif self._frozen_at is None:
-                self._frozen_at = time.time()
+            if frozen and self._frozen_now is None:
+                self._frozen_now = time.time() + self._offset
+            elif not frozen and self._frozen_now is not None:
+                self._offset = max(self._offset, self._frozen_now - time.time())
+                self._frozen_now = None
 
     def utcnow(self) -> dt.datetime:
         """The current time as an aware UTC datetime."""
@@ -54,6 +55,8 @@ class Clock:
             raise ValueError("advance must be a non-negative, finite number of seconds")
         with self._lock:
             self._offset += float(seconds)
+            if self._frozen_now is not None:
+                self._frozen_now += float(seconds)
             return self._offset
 
     def snapshot(self) -> dict:

@@ -46,7 +46,6 @@ def actions_requested(lab: Lab, count: int = 1) -> Callable[[], bool]:
     return lambda: lab.emulator.summary()["actions"] >= before + count
 
 
-def past_action_end(lab: Lab) -> float:
-    """Seconds that take an action requested now past its end (its delay, plus a second so no rounding of its
-    start time keeps it pending)."""
-    return lab.emulator.admin("GET", "faults")["action_delay"] + 1
+def action_delay(lab: Lab) -> float:
+    """Seconds from an action's request to its end, on the emulator's clock."""
+    return lab.emulator.admin("GET", "faults")["action_delay"]

@@ -81,7 +81,7 @@ def test_rate_limited_listing_waits_and_succeeds(lab):
             for _ in range(2):
                 lab.mde.run(instance, "microsoft-atp-test", check=True)
             third = run_advancing_clock(lab, instance, "microsoft-atp-test", when=lambda: refused(lab) > 0,
-                                        seconds=window + 1)
+                                        seconds=window)
     finally:
         lab.emulator.set_faults(rate_limit_per_minute=None)
     assert third.returncode == 0, third.stderr

@@ -6,7 +6,7 @@ import json
 import zipfile
 
 import pytest
-from e2e import actions_requested, api_requests, past_action_end, run_advancing_clock
+from e2e import action_delay, actions_requested, api_requests, run_advancing_clock
 
 pytestmark = pytest.mark.e2e
 
@@ -15,7 +15,7 @@ def run_action(lab, command: str, *args: str, options: tuple[str, ...] = ()):
     """An action command that polls until its action is final: the action's time passes on the emulator's clock
     once the action exists."""
     return run_advancing_clock(lab, lab.instances["client-credentials"], command, *args, options=options,
-                               when=actions_requested(lab), seconds=past_action_end(lab))
+                               when=actions_requested(lab), seconds=action_delay(lab))
 
 
 def context(result) -> dict:
@@ -77,7 +77,7 @@ def test_an_action_already_pending_is_reused_not_duplicated(lab, windows_machine
                                                options=("--json",))))
         again = actions_in(context(lab.mde.run(instance, "microsoft-atp-run-antivirus-scan", *args,
                                                options=("--json",))))
-        lab.emulator.advance_clock(past_action_end(lab))  # no action left pending for the next tests
+        lab.emulator.advance_clock(action_delay(lab))  # no action left pending for the next tests
     assert again[0]["ID"] == first[0]["ID"]
     assert again[0].get("PreExisting") is True
 

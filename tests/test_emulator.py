@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from mde_emulator import server as emulator_server
 from mde_emulator.admin import AlertStream
 from mde_emulator.api_actions import PACKAGE_LINK_LIFETIME
+from mde_emulator.clock import Clock
 from mde_emulator.data import Store
 from mde_emulator.server import EmulatorServer, Options
 
@@ -529,6 +530,18 @@ def test_a_frozen_clock_moves_only_when_advanced_and_thaws_forward(info):
         _admin(info, "POST", "/clock", json={"frozen": True})
     assert thawed["frozen"] is False and thawed["now"] >= advanced["now"]
     assert thawed["offset_seconds"] == advanced["offset_seconds"]
+
+
+def test_advancing_a_frozen_clock_adds_exactly_what_was_asked():
+    clock = Clock(offset=0.123456789)
+    clock.freeze(True)
+    for seconds in (1, 2, 10, 50, 0.5, 3600):
+        before = clock.now()
+        clock.advance(seconds)
+        assert clock.now() - before == seconds  # an action due `seconds` after `before` is due now, not a hair later
+    frozen_at = clock.now()
+    clock.freeze(False)
+    assert clock.now() >= frozen_at
 
 
 def test_every_api_module_is_registered_once():
