@@ -4,10 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-PYTEST := $(BIN)/python -m pytest --cov=MicrosoftDefenderForEndpoint --cov-report=term-missing:skip-covered --cov-fail-under=90
-RUNS ?= 5
-
-.PHONY: venv test test-under-load demo bench lint xsoar-package docs clean
+.PHONY: venv test demo bench lint xsoar-package docs clean
 
 venv: $(STAMP)
 
@@ -21,10 +18,14 @@ $(STAMP): pyproject.toml
 lint: venv
 	$(BIN)/ruff check .
 
+PYTEST := $(BIN)/python -m pytest --cov=MicrosoftDefenderForEndpoint --cov-report=term-missing:skip-covered --cov-fail-under=90
+RUNS ?= 5
+
 test: venv lint
 	$(PYTEST) $(PYTEST_ARGS)
 
 # The suite RUNS times while two busy loops saturate the CPU; prints passes/RUNS, fails unless all passed.
+.PHONY: test-under-load
 test-under-load: venv
 	$(BIN)/python -m lab.under_load --runs $(RUNS) -- $(PYTEST) $(PYTEST_ARGS)
 

@@ -191,9 +191,11 @@ Xsoar.run = _recording_run  # type: ignore[method-assign]
 
 
 def declared_output_paths() -> dict[str, set[str]]:
+    import pathlib
+
     import yaml
 
-    doc = yaml.safe_load((TESTS_DIR.parent / "MicrosoftDefenderForEndpoint.yml").read_text())
+    doc = yaml.safe_load((pathlib.Path(__file__).parent.parent / "MicrosoftDefenderForEndpoint.yml").read_text())
     return {c["name"]: {o["contextPath"] for o in c.get("outputs") or []} for c in doc["script"]["commands"]}
 
 
