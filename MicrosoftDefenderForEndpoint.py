@@ -1294,23 +1294,20 @@ def _display_path(url: str) -> str:
 # ============================================================================================
 
 
-def argToBoolean(value: Any) -> bool:  # noqa: N802 - the platform's name
-    if isinstance(value, bool):
-        return value
-    if str(value).strip().lower() in ("true", "yes", "1"):
-        return True
-    if str(value).strip().lower() in ("false", "no", "0", "", "none"):
-        return False
-    raise ArgumentError(f"'{value}' is not a boolean; use true or false.")
+TRUE_WORDS = ("true", "yes", "1")
+FALSE_WORDS = ("false", "no", "0", "none")
 
 
 def arg_to_bool(value: Any, name: str, default: bool = False) -> bool:
+    """A checkbox or boolean argument; anything but true/false (yes/no, 1/0) is an error naming `name`."""
     if value is None or value == "":
         return default
-    try:
-        return argToBoolean(value)
-    except ArgumentError:
-        raise ArgumentError(f"{name} must be true or false (got '{value}').") from None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS or text in FALSE_WORDS or text == "":
+        return text in TRUE_WORDS if text else default
+    raise ArgumentError(f"{name} must be true or false (got '{value}').")
 
 
 def arg_to_int(value: Any, name: str, *, default: int | None = None, minimum: int | None = None,

@@ -22,6 +22,13 @@ class Mde:
     output_dir: Path | None = None
     timeout: float = 600
 
+    def start(self, instance: Path | None, command: str, *args: str, options: tuple[str, ...] = (),
+              env: dict[str, str] | None = None) -> subprocess.Popen:
+        """Starts the command and returns at once (output through pipes), for a caller that acts while it runs."""
+        return subprocess.Popen(self._argv(self.command_line(instance, command, *args, options=options)), cwd=REPO,
+                                env=clean_env(**self.env, **(env or {})), stdout=subprocess.PIPE,
+                                stderr=subprocess.PIPE, text=True)
+
     def command_line(self, instance: Path | None, command: str, *args: str, options: tuple[str, ...] = ()) -> list[str]:
         line = ["mde"]
         if instance:

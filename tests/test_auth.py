@@ -381,7 +381,7 @@ def test_oproxy_request_format(xsoar, requests_mock):
 def test_oproxy_registration_id_with_url_override(xsoar, requests_mock):
     oproxy = requests_mock.post("https://proxy.example.test/obtain-token", json={"access_token": make_jwt()})
     requests_mock.get(f"{API}/alerts", json={"value": []})
-    assert xsoar.run("test-module", params=oproxy_params("reg-9@https://proxy.example.test/obtain-token")).results
+    assert xsoar.run("test-module", params=oproxy_params("reg-9@https://proxy.example.test/obtain-token")).results == ["ok"]
     assert oproxy.last_request.json()["registration_id"] == "reg-9"
 
 
