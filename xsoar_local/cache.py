@@ -17,8 +17,6 @@ import tempfile
 from pathlib import Path
 from types import CodeType
 
-import yaml
-
 CACHE_DIR_NAME = ".cache"  # inside the state root; instance names never start with a dot
 YML_FORMAT = "yml-json-1"
 
@@ -27,17 +25,37 @@ def cache_dir_for(state_root: Path) -> Path:
     return state_root / CACHE_DIR_NAME
 
 
-def load_yml(source: bytes, cache_dir: Path | None) -> object:
-    """The yml parsed (C loader when PyYAML has it), or its cached JSON form."""
-    entry = _entry(cache_dir, "yml", source, YML_FORMAT, ".json")
+class YamlError(ValueError):
+    """Malformed YAML; `line` and `column` (1-based) when the parser knows where."""
+
+    def __init__(self, message: str, problem: str, line: int | None = None, column: int | None = None) -> None:
+        super().__init__(message)
+        self.problem, self.line, self.column = problem, line, column
+
+
+def load_yml(source: bytes, cache_dir: Path | None, kind: str) -> object:
+    """YAML parsed (C loader when PyYAML has it), or its cached JSON form: a cache hit does not even import
+    PyYAML. `kind` names the document, so each kept document has one cache entry."""
+    entry = _entry(cache_dir, kind, source, YML_FORMAT, ".json")
     if entry is not None:
         with contextlib.suppress(OSError, ValueError):
             return json.loads(entry.read_bytes())
-    data = yaml.load(source, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+    data = parse_yaml(source)
     if entry is not None:
         with contextlib.suppress(TypeError, ValueError):  # a value JSON cannot hold (a date): parse each time
             _store(entry, json.dumps(data, separators=(",", ":")).encode())
     return data
+
+
+def parse_yaml(source: bytes | str) -> object:
+    import yaml  # here, not at the top: most runs are served from the cache
+
+    try:
+        return yaml.load(source, Loader=getattr(yaml, "CSafeLoader", yaml.SafeLoader))  # noqa: S506 - a safe loader
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
+        raise YamlError(str(e), problem, *((mark.line + 1, mark.column + 1) if mark else ())) from e
 
 
 def compile_plugin(path: Path, cache_dir: Path | None) -> CodeType:

@@ -284,7 +284,7 @@ class Session:
     def _instance(self) -> Instance:
         if not self.options.instance:
             raise UsageError("--instance FILE is required to run a command (see mde --help)")
-        instance = load_instance(self.options.instance, self.integration)
+        instance = load_instance(self.options.instance, self.integration, cache_dir=self.cache_dir)
         for warning in instance.warnings:
             print(warning, file=sys.stderr)
         return instance
