@@ -271,15 +271,21 @@ class Session:
     def run(self) -> int:
         command = find_command(self.integration, self.options.command)
         args = parse_command_args(command, self.options.args)
-        instance = self._instance()
-        self.store = FileStore(instance_state_dir(instance.name, self.options.state_dir))
-        with tempfile.TemporaryDirectory(prefix="mde-run-") as workdir, _environment(instance.env):
-            self.workdir = Path(workdir)
+        with self.prepared() as instance:
             if command.name == FETCH_INCIDENTS:
                 self.fetch(instance)
             else:
                 self.run_with_polling(instance, command.name, args)
         return EXIT_FAILED if self.failed else EXIT_OK
+
+    @contextlib.contextmanager
+    def prepared(self) -> Iterator[Instance]:
+        """The instance, with its state, a scratch directory and its environment in place for plugin runs."""
+        instance = self._instance()
+        self.store = FileStore(instance_state_dir(instance.name, self.options.state_dir))
+        with tempfile.TemporaryDirectory(prefix="mde-run-") as workdir, _environment(instance.env):
+            self.workdir = Path(workdir)
+            yield instance
 
     def _instance(self) -> Instance:
         if not self.options.instance:
