@@ -34,7 +34,7 @@ COST_ROUNDS = 9
 GOALS = {"cli_ratio": 1.6, "fetch_ratio": 1.6, "import_ratio": 1.15, "entry_mb_10k": 11.0, "peak_mib": 300.0,
          "readable_kb": 100.0}
 FINAL_ACTION_STATUSES = {"Succeeded", "Failed", "Cancelled", "TimeOut"}
-ROUND_LINE = re.compile(r"\(round \d+;")
+ROUND_LINE = re.compile(r"^\[round \d+ ·", re.MULTILINE)
 MIB = 1024 * 1024
 
 

@@ -147,8 +147,8 @@ def test_polling_is_followed_until_done(env, capsys):
     code, out, err = mde(env, capsys, "fake-poll", "action_id=a1", clock=clock)
     assert (code, err) == (0, "") and clock.sleeps == [10, 10]
     assert out.splitlines()[:4] == [
-        "fake-poll: Action a1 is Pending, round 1 (round 1; 0 s of 60 s, next check in 10 s)",
-        "fake-poll: Action a1 is Pending, round 2 (round 2; 10 s of 60 s, next check in 10 s)",
+        "[round 1 · 0 of 60 s · next check in 10 s] Action a1 is Pending, round 1",
+        "[round 2 · 10 of 60 s · next check in 10 s] Action a1 is Pending, round 2",
         "Action a1", "========="]
     assert "Action a1 is Succeeded, round 3" in out
 
@@ -158,7 +158,7 @@ def test_polling_states_the_interval_it_really_waits(env, capsys):
     code, out, err = mde(env, capsys, "fake-poll", "action_id=a1", "rounds=2", "--poll-interval-override", "1",
                          "--json", clock=clock)
     assert code == 0 and clock.sleeps == [1]
-    assert err.splitlines() == ["fake-poll: Action a1 is Pending, round 1 (round 1; 0 s of 60 s, next check in 1 s)"]
+    assert err.splitlines() == ["[round 1 · 0 of 60 s · next check in 1 s] Action a1 is Pending, round 1"]
     assert json.loads(out) == {"Fake.Action": [{"ID": "a1", "Status": "Succeeded"}]}
 
 
@@ -335,7 +335,7 @@ def test_ctrl_c_while_polling_names_the_pending_actions(env, capsys):
     clock.sleep = interrupt
     code, out, err = mde(env, capsys, "fake-poll", "action_id=a1", clock=clock)
     assert code == cli.EXIT_INTERRUPTED
-    assert out.startswith("fake-poll: Action a1 is Pending, round 1")
+    assert out.startswith("[round 1 · 0 of 60 s · next check in 10 s] Action a1 is Pending, round 1")
     assert err.splitlines()[1:] == [
         "interrupted: stopped waiting; what the command already requested goes on without the CLI.",
         "pending action ids: a1"]
@@ -355,7 +355,7 @@ def test_ctrl_c_hint_names_the_commands_to_check_and_cancel(env, capsys, fake_co
     err = capsys.readouterr().err
     assert code == 130
     assert f"  check them:  mde --instance {env / 'tenant.yml'} {cli.CHECK_ACTIONS_COMMAND} id=a1" in err
-    assert f"  cancel one:  mde --instance {env / 'tenant.yml'} {cli.CANCEL_ACTION_COMMAND} action_id=ID" in err
+    assert f"  cancel it:   mde --instance {env / 'tenant.yml'} {cli.CANCEL_ACTION_COMMAND} action_id=a1" in err
 
 
 def test_sigint_to_a_polling_cli_exits_130_without_a_traceback(env):
@@ -370,7 +370,7 @@ def test_sigint_to_a_polling_cli_exits_130_without_a_traceback(env):
         out, err = process.communicate(timeout=60)
     finally:
         process.kill()
-    assert first.startswith("fake-poll: Action a1 is Pending, round 1")
+    assert first.startswith("[round 1 · 0 of 60 s · next check in 10 s] Action a1 is Pending, round 1")
     assert process.returncode == 130
     assert "Traceback" not in err and "pending action ids: a1" in err
 
@@ -408,3 +408,10 @@ def test_a_damaged_cache_entry_is_rebuilt(env, capsys, fake_copy):
     capsys.readouterr()
     assert cli.main([*base, "fake-echo", "hi"]) == 0
     assert capsys.readouterr().out.startswith("Echo\n")
+
+
+def test_a_polling_round_keeps_its_table_and_states_the_real_wait():
+    text = ("### Requested\n| ID |\n| --- |\n| a1 |\n\nWaiting for 1 action. Checking again in 10 s.")
+    rest, status = cli.split_status(cli.PLUGIN_NEXT_CHECK.sub("", text))
+    assert status == "Waiting for 1 action."
+    assert rest == "### Requested\n| ID |\n| --- |\n| a1 |"

@@ -340,7 +340,7 @@ class Session:
                 wait = self.options.poll_interval_override
                 wait = float(poll.get("NextRun") or DEFAULT_NEXT_RUN) if wait is None else wait
                 wait = max(0.0, min(wait, timeout - elapsed))  # the last round runs right at the timeout
-                self.show_round(command, entries, round_number, f"{elapsed:.0f} s of {timeout:.0f} s, "
+                self.show_round(command, entries, round_number, f"{elapsed:.0f} of {timeout:.0f} s · "
                                 f"next check in {wait:g} s")
                 self.sleep(wait)
         except KeyboardInterrupt:
@@ -350,19 +350,20 @@ class Session:
             print_data(merge_context(all_entries), self.mode)
 
     def show_round(self, command: str, entries: list, round_number: int, timing: str) -> None:
-        """A round that is not the last: its status on one line (with a table on the first round, which
-        names what was started), unless --verbose asks for every round in full."""
+        """A round that is not the last: one progress line with its status (after the table of the first round,
+        which names what was started), unless --verbose asks for every round in full."""
         for entry in entries:
             if not isinstance(entry, dict) or entry.get("Type") == ENTRY_ERROR or entry.get("FileID"):
                 self.show_entries(command, [entry])
                 continue
             text = PLUGIN_NEXT_CHECK.sub("", _entry_text(entry) or "").strip()
-            if self.mode == "table" and text and (self.options.verbose or (round_number == 1 and "|" in text)):
-                print(render_markdown(text, color=sys.stdout.isatty()))
+            rest, status = split_status(text)
+            if self.mode == "table" and (self.options.verbose or (round_number == 1 and "|" in rest)):
+                print(render_markdown(text if self.options.verbose else rest, color=sys.stdout.isatty()))
                 print()
-            status = status_line(text, terminal_width() - len(timing) - 30)
-            print(f"{command}: {status} (round {round_number}; {timing})" if status else
-                  f"{command}: round {round_number}; {timing}", file=self.progress, flush=True)
+            prefix = f"[round {round_number} · {timing}]"
+            print(f"{prefix} {shorten(status, max(terminal_width() - len(prefix) - 2, 20))}".rstrip(),
+                  file=self.progress, flush=True)
 
     def report_interrupted(self, poll: dict | None, entries: list) -> None:
         pending = pending_action_ids(poll, merge_context(entries)) if poll else []
@@ -374,7 +375,8 @@ class Session:
             if CHECK_ACTIONS_COMMAND in self.integration.commands:
                 lines.append(f"  check them:  mde {instance}{CHECK_ACTIONS_COMMAND} id={ids}")
             if CANCEL_ACTION_COMMAND in self.integration.commands:
-                lines.append(f"  cancel one:  mde {instance}{CANCEL_ACTION_COMMAND} action_id=ID "
+                label, action = ("cancel it: ", pending[0]) if len(pending) == 1 else ("cancel one:", "ID")
+                lines.append(f"  {label}  mde {instance}{CANCEL_ACTION_COMMAND} action_id={action} "
                              "comment=\"why it is cancelled\"")
         print("\n".join(lines), file=sys.stderr, flush=True)
 
@@ -458,13 +460,16 @@ def run_as_main(code: types.CodeType, path: Path, init_globals: dict) -> None:
             sys.argv[0] = saved_argv0
 
 
-def status_line(markdown: str, limit: int) -> str:
-    """The last line of a note that is not part of a table or a header, as plain text: its current status."""
-    for line in reversed(markdown.splitlines()):
-        line = line.strip()
+def split_status(markdown: str) -> tuple[str, str]:
+    """(the note without its status, the status as plain text): the status is the last line that is not part
+    of a table or a header."""
+    lines = markdown.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i].strip()
         if line and not line.startswith(("|", "#")):
-            return shorten(" ".join(render_markdown(line, width=10_000).split()), max(limit, 20))
-    return ""
+            plain = " ".join(render_markdown(line, width=10_000).split())
+            return "\n".join(lines[:i] + lines[i + 1:]).strip(), plain
+    return markdown, ""
 
 
 def pending_action_ids(poll: dict, context: dict) -> list[str]:
