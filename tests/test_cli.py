@@ -258,8 +258,8 @@ def test_command_help_shows_its_arguments_from_the_yml(env, capsys):
     assert out.startswith("fake-echo\n    Echoes a message. Second sentence.\n\nusage: mde --instance FILE fake-echo "
                           "message=VALUE [name=value ...]\n")
     assert "  message (required)\n      The message to echo.\n      may be given without name=\n" in out
-    assert "  colors\n      Several colors.\n      allowed values: red, green, blue (a comma-separated list)\n" in out
-    assert "  limit\n      How many.\n      default: 50\n" in out
+    assert "  colors\n      Several colors.\n      one of red, green, blue (comma-separated list)\n" in out
+    assert "  limit\n      How many.\n      default 50\n" in out
     assert mde(env, capsys, "fetch", "-h", instance=False)[1].startswith("fetch-incidents\n")
 
 

@@ -71,7 +71,7 @@ instance file (YAML or JSON; parameter names are the `name:`s under the yml's `c
     credentials: {password: "${MDE_CLIENT_SECRET}"}   # ${VAR} is read from the environment
 
 exit status: 0 success, 1 the command failed, 2 bad usage (unknown command or argument, bad instance file),
-130 interrupted (Ctrl-C).
+130 interrupted (Ctrl-C), 141 the reader of the output went away (`| head`), quietly.
 """
 
 
@@ -585,7 +585,7 @@ def describe_commands(integration: Integration, names: list[str]) -> int:
             if command.description:
                 print(textwrap.fill(" ".join(command.description.split()), width, initial_indent="    ",
                                     subsequent_indent="    "))
-            _print_arguments(command, full=False)
+            _print_arguments(command)
             print()
         print("* required argument. One command in detail: mde COMMAND --help (or mde commands COMMAND)")
         return EXIT_OK
@@ -621,16 +621,15 @@ def describe_command(integration: Integration, command: Command) -> None:
 def _argument_facts(arg: Argument) -> list[str]:
     facts = []
     if arg.predefined:
-        facts.append("allowed values: " + ", ".join(arg.predefined) + (" (a comma-separated list)" if arg.is_array
-                                                                     else ""))
+        facts.append("one of " + ", ".join(arg.predefined) + (" (comma-separated list)" if arg.is_array else ""))
     elif arg.is_array:
-        facts.append("a comma-separated list")
+        facts.append("comma-separated list")
     if arg.default_value is not None:
-        facts.append(f"default: {arg.default_value}")
+        facts.append(f"default {arg.default_value}")
     if arg.positional:
         facts.append("may be given without name=")
     if arg.deprecated:
-        facts.append("deprecated: accepted and ignored")
+        facts.append("deprecated")
     return facts
 
 
@@ -649,22 +648,12 @@ def replacement_of(integration: Integration, command: Command) -> str | None:
     return None
 
 
-def _print_arguments(command: Command, *, full: bool) -> None:
+def _print_arguments(command: Command) -> None:
+    """One line per argument: its first sentence and its facts (the overview of `mde commands`)."""
     width = max((len(a.name) + 1 for a in command.arguments), default=0)
     for arg in command.arguments:
-        extras = []
-        if arg.predefined:
-            extras.append("one of " + ", ".join(arg.predefined) + (" (comma-separated list)" if arg.is_array else ""))
-        elif arg.is_array:
-            extras.append("comma-separated list")
-        if arg.default_value is not None:
-            extras.append(f"default {arg.default_value}")
-        if arg.positional:
-            extras.append("may be given without name=")
-        if arg.deprecated:
-            extras.append("deprecated")
-        description = arg.description if full else first_sentence(arg.description)
-        details = description + (f" [{'; '.join(extras)}]" if extras else "")
+        extras = _argument_facts(arg)
+        details = first_sentence(arg.description) + (f" [{'; '.join(extras)}]" if extras else "")
         print(f"    {(arg.name + ('*' if arg.required else '')).ljust(width)}  {details}")
 
 
