@@ -362,8 +362,9 @@ def test_sigint_to_a_polling_cli_exits_130_without_a_traceback(env):
     argv = [sys.executable, "-m", "xsoar_local.cli", "--integration", str(FAKE_YML), "--state-dir",
             str(env / "state"), "--instance", str(env / "tenant.yml"), "fake-poll", "action_id=a1", "rounds=100"]
     # A terminal's Ctrl-C: SIGINT with its default disposition (a background parent may have ignored it).
+    environment = {k: v for k, v in os.environ.items() if k != "MDE_POLL_WAIT_SCALE"}  # it must really wait
     process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
-                               preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+                               env=environment, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     try:
         first = process.stdout.readline()  # printed (and flushed) just before the CLI sleeps until round 2
         process.send_signal(signal.SIGINT)
