@@ -119,7 +119,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time.sleep,
+POLL_WAIT_SCALE_ENV = "MDE_POLL_WAIT_SCALE"
+
+
+def poll_wait(seconds: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """The wait between polling rounds, times $MDE_POLL_WAIT_SCALE (default 1; 0 = no wait: tests that move
+    the emulator's clock themselves)."""
+    value = os.environ.get(POLL_WAIT_SCALE_ENV, "").strip() or "1"
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = -1.0
+    if not 0 <= scale < float("inf"):
+        raise ValueError(f"{POLL_WAIT_SCALE_ENV} must be a number of 0 or more (got '{value}')")
+    if seconds * scale > 0:
+        sleep(seconds * scale)
+
+
+def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = poll_wait,
          clock: Callable[[], float] = time.monotonic) -> int:
     try:
         code = _main(argv, sleep=sleep, clock=clock)
