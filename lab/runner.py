@@ -65,23 +65,23 @@ class Mde:
             line += ["--instance", str(instance)]
         return [*line, *options, command, *args]
 
-    def argv(self, instance: Path | None, command: str, *args: str, options: tuple[str, ...] = ()) -> list[str]:
-        argv = [sys.executable, "-m", "xsoar_local.cli", "--state-dir", str(self.state_dir)]
-        if self.output_dir:
-            argv += ["--output-dir", str(self.output_dir)]
-        return argv + self.command_line(instance, command, *args, options=options)[1:]
+    def run_measured(self, instance: Path | None, command: str, *args: str, options: tuple[str, ...] = (),
+                     extra_env: dict[str, str] | None = None) -> Measured:
+        return run_measured(self._argv(self.command_line(instance, command, *args, options=options)),
+                            env=clean_env(**self.env, **(extra_env or {})), timeout=self.timeout)
 
     def run(self, instance: Path | None, command: str, *args: str, options: tuple[str, ...] = (),
             check: bool = False) -> subprocess.CompletedProcess:
-        argv = self.argv(instance, command, *args, options=options)
-        result = subprocess.run(argv, cwd=REPO, env=clean_env(**self.env), capture_output=True, text=True,
-                                timeout=self.timeout)
-        result.shown = shlex.join(self.command_line(instance, command, *args, options=options))  # type: ignore[attr-defined]
+        shown = self.command_line(instance, command, *args, options=options)
+        result = subprocess.run(self._argv(shown), cwd=REPO, env=clean_env(**self.env), capture_output=True,
+                                text=True, timeout=self.timeout)
+        result.shown = shlex.join(shown)  # type: ignore[attr-defined]
         if check and result.returncode != 0:
             raise RuntimeError(f"{result.shown} failed ({result.returncode}):\n{result.stderr}")
         return result
 
-    def run_measured(self, instance: Path | None, command: str, *args: str, options: tuple[str, ...] = (),
-                     extra_env: dict[str, str] | None = None) -> Measured:
-        return run_measured(self.argv(instance, command, *args, options=options),
-                            env=clean_env(**self.env, **(extra_env or {})), timeout=self.timeout)
+    def _argv(self, shown: list[str]) -> list[str]:
+        argv = [sys.executable, "-m", "xsoar_local.cli", "--state-dir", str(self.state_dir)]
+        if self.output_dir:
+            argv += ["--output-dir", str(self.output_dir)]
+        return argv + shown[1:]
