@@ -248,7 +248,7 @@ def fetch_backlog(bench: Bench, backlog: int, max_fetch: int) -> Outcome:
     outcome.notes.append(f"{len(seen):,} incidents in {outcome.runs} runs; "
                          f"{outcome.requests.get('GET /api/alerts', 0) / max(outcome.runs, 1):.2f} alert requests/run")
     outcome.check(f"unique alert ids fetched == {backlog:,}", f"{unique:,}", unique == backlog)
-    outcome.check("no incident fetched twice", f"{len(seen) - unique} duplicates", len(seen) == unique)
+    outcome.check("no incident fetched twice", f"{len(seen) - unique:,} duplicates", len(seen) == unique)
     outcome.check("failed fetch runs == 0", outcome.failures, outcome.failures == 0)
     most_runs = -(-backlog // max_fetch) + 1  # full batches, then one run that finds nothing
     outcome.check(f"runs <= {most_runs}", outcome.runs, outcome.runs <= most_runs)

@@ -438,3 +438,9 @@ def test_a_polling_round_keeps_its_table_and_states_the_real_wait():
     rest, status = cli.split_status(cli.PLUGIN_NEXT_CHECK.sub("", text))
     assert status == "Waiting for 1 action."
     assert rest == "### Requested\n| ID |\n| --- |\n| a1 |"
+
+
+def test_pending_action_ids_leave_out_actions_already_final():
+    poll = {"PollingArgs": {"action_ids": "a1,a2,a3", "polling_started": "5", "comment": "x"}}
+    context = {"MicrosoftATP.MachineAction": [{"ID": "a1", "Status": "Succeeded"}, {"ID": "a2", "Status": "Pending"}]}
+    assert cli.pending_action_ids(poll, context) == ["a2", "a3"]
