@@ -332,7 +332,8 @@ def entry_size_and_memory(bench: Bench, total: int) -> Outcome:
             outcome.check(f"entry for 10,000 machines <= {GOALS['entry_mb_10k']:g} MB", f"{size:.1f} MB",
                           0 < size <= GOALS["entry_mb_10k"])
         outcome.check(f"peak memory listing {count:,} machines < {GOALS['peak_mib']:g} MiB",
-                      f"{result.peak_mib:.0f} MiB", result.peak_mib < GOALS["peak_mib"])
+                      f"{result.peak_mib:.0f} MiB ({sizes.get('peak_mib_before_serializing', 0):.0f} MiB before the "
+                      "entry was serialized, as demisto.results does)", result.peak_mib < GOALS["peak_mib"])
         readable = sizes.get("human_readable_bytes", 0) / 1000
         outcome.check(f"human-readable for {count:,} machines <= {GOALS['readable_kb']:g} KB", f"{readable:.1f} KB",
                       0 < readable <= GOALS["readable_kb"])

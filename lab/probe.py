@@ -5,6 +5,7 @@ by the bench, so the process's peak memory is the cost of the command and of han
 from __future__ import annotations
 
 import json
+import resource
 import sys
 import time
 from pathlib import Path
@@ -24,7 +25,8 @@ def main(argv: list[str]) -> int:
     session = cli.Session(options, integration, cache_dir=cache_dir, sleep=time.sleep, clock=time.monotonic)
     with session.prepared() as instance:
         entries = session.run_plugin(instance, command.name, args).entries
-    print(json.dumps(measure(entries)))
+    before_serializing = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
+    print(json.dumps({**measure(entries), "peak_mib_before_serializing": before_serializing}))
     return 0
 
 
