@@ -340,6 +340,37 @@ def entry_size_and_memory(bench: Bench, total: int) -> Outcome:
     return outcome
 
 
+def import_indicators(workdir: Path, count: int = 10_000) -> Outcome:
+    """Self-contained: its own emulator, a JSON file of `count` new indicators, one batch-update run."""
+    with Emulator(machines=100, alerts=20, workdir=workdir) as emulator:
+        bench = Bench(emulator, workdir)
+        batch = workdir / "indicators.json"
+        batch.write_text(json.dumps([
+            {"indicatorValue": f"{i:064x}", "indicatorType": "FileSha256", "action": "Block", "title": "bench",
+             "description": "bench import", "expirationTime": "30 days"} for i in range(1, count + 1)]))
+
+        def body(o: Outcome) -> None:
+            result = bench.run(o, "microsoft-atp-indicator-batch-update", f"indicator_batch={batch}",
+                               options=("--json",))
+            results = json.loads(result.stdout or "{}").get("MicrosoftATP.Indicators") or []
+            created = sum(r["Outcome"] == "Created" for r in results)
+            o.notes.append(f"{created} created, {sum(r['IsFailed'] for r in results)} failed")
+            o.check(f"{count:,} outcomes, all created", f"{len(results):,} outcomes, {created:,} created",
+                    len(results) == count == created)
+        outcome = bench.scenario(f"import {count:,} indicators (batch-update)", body)
+        stored = [i["indicatorValue"] for i in direct_api_get(emulator, "indicators",
+                                                              {"$filter": "title eq 'bench'"})["value"]]
+    calls = outcome.requests.get("POST /api/indicators/import", 0)
+    duplicates = len(stored) - len(set(stored))
+    outcome.notes.append(f"{calls} import calls, {outcome.requests.get('GET /api/indicators', 0)} listing call(s) "
+                         "to tell creates from updates")
+    outcome.check(f"import calls == {count // 500}", calls, calls == count // 500)
+    outcome.check("zero failures", outcome.failures, outcome.failures == 0)
+    outcome.check(f"no duplicates, {count:,} stored", f"{duplicates} duplicates, {len(stored):,} stored",
+                  duplicates == 0 and len(stored) == count)
+    return outcome
+
+
 # ---- report ----------------------------------------------------------------------------------------------
 
 
@@ -384,6 +415,7 @@ def main() -> int:
     with Emulator(machines=50_000, alerts=10, workdir=BENCH_DIR / "memory") as emulator:
         bench = Bench(emulator, BENCH_DIR / "memory")
         outcomes.append(entry_size_and_memory(bench, 50_000))
+    outcomes.append(import_indicators(BENCH_DIR / "indicators"))
     return 0 if report(outcomes) else 1
 
 
