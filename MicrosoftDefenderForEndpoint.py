@@ -1139,7 +1139,7 @@ class Transport:
             raise ApiError(f"{where} with an empty body where Microsoft documents a JSON object.",
                            status=response.status_code, code="UnexpectedBody", ambiguous=method != "GET")
         try:
-            body = response.json()
+            body = json.loads(response.content)  # from the bytes: no decoded copy of a 20 MB page beside them
         except ValueError as exc:
             kind = "an HTML page" if "html" in response.headers.get("Content-Type", "").lower() else "a body"
             raise ApiError(f"{where} with {kind} that is not JSON; a proxy or gateway may have answered instead of "
@@ -1192,8 +1192,9 @@ class Transport:
 
     def paginate(self, path: str, params: dict | None = None, *, limit: int | None = None, offset: int = 0,
                  page_size: int = MAX_PAGE_SIZE) -> Iterator[dict]:
-        """Yields the items of an OData collection: follows @odata.nextLink when Microsoft sends one,
-        otherwise asks $top/$skip pages until a short page; stops on repeated links or pages."""
+        """Yields the items of an OData collection: follows @odata.nextLink when Microsoft sends one (on the host
+        asked), otherwise asks $top/$skip pages until a short page; stops on repeated links or pages. A page's
+        records are handed over one by one and not kept, so a walk of 50,000 machines holds one page at most."""
         url, skip, remaining = path, offset, limit
         seen_links: set[str] = set()
         previous_first: Any = None
@@ -1203,17 +1204,19 @@ class Transport:
                 return
             page_params = {**(params or {}), "$top": top, "$skip": skip} if url == path else None
             body = self.request("GET", url, params=page_params)
-            items = body.get("value") or []
-            first = items[0].get("id", json.dumps(items[0], sort_keys=True)) if items else None
-            if items and first == previous_first:
+            page, next_link = body.pop("value", None) or [], body.get("@odata.nextLink")
+            del body
+            first = page[0].get("id", json.dumps(page[0], sort_keys=True)) if page else None
+            if page and first == previous_first:
                 log_debug(f"GET {path}: the same page came back twice; stopping")
                 return
-            previous_first = first
-            taken = items if remaining is None else items[:remaining]
-            yield from taken
+            previous_first, served = first, len(page)
             if remaining is not None:
-                remaining -= len(taken)
-            next_link = body.get("@odata.nextLink")
+                del page[remaining:]
+                remaining -= len(page)
+            page.reverse()
+            while page:
+                yield page.pop()  # the caller maps it; the raw record is not kept here
             if next_link:
                 if not same_origin(next_link, url if url.startswith("https://") else self.api_url):
                     log_debug(f"GET {path}: not following a next link to another host ({_display_path(next_link)})")
@@ -1223,9 +1226,9 @@ class Transport:
                 seen_links.add(next_link)
                 url = next_link
                 continue
-            if len(items) < top:
+            if served < top:
                 return
-            skip += len(items)
+            skip += served
         log_debug(f"GET {path}: stopped after {MAX_PAGES} pages")
 
     def get_values(self, path: str) -> list[dict]:
