@@ -84,6 +84,10 @@ def advance_actions(emu: Emulator) -> None:
     with store.lock:
         for action_id, plan in list(store.action_plans.items()):
             action = store.actions_by_id[action_id]
+            if "advance" in plan:  # e.g. a live response session, which moves command by command
+                if plan["advance"](emu, action, plan, now):
+                    del store.action_plans[action_id]
+                continue
             elapsed = now - plan["start"]
             if elapsed >= plan["delay"]:
                 action["status"] = plan["outcome"]
