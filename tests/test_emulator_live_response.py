@@ -19,7 +19,7 @@ DELAY = 100  # action delay (emulator seconds): InProgress at 50, commands finis
 
 @pytest.fixture(scope="module")
 def server():
-    with EmulatorServer(Options(seed=5, machines=80, alerts=300, action_delay=DELAY)) as srv:
+    with EmulatorServer(Options(seed=5, machines=80, alerts=300, action_delay=DELAY, token_lifetime=10**7)) as srv:
         yield srv
 
 
@@ -180,7 +180,9 @@ def test_a_failed_command_skips_the_rest(api, machines, advance):
 
 
 def test_script_missing_from_the_library_fails_on_the_device(api, machines, advance):
-    action = _session(api, next(machines)["id"], ("RunScript", {"ScriptName": "absent.ps1"})).json()
+    action = _session(api, next(machines)["id"], ("RunScript", {"ScriptName": "absent.ps1"}))
+    assert action.status_code == 201, action.text
+    action = action.json()
     advance(DELAY)
     done = api.get(f"/api/machineactions/{action['id']}").json()
     assert done["status"] == "Failed"
