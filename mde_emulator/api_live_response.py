@@ -23,13 +23,12 @@ import hashlib
 import hmac
 import json
 import re
-import time
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
 from .api_actions import get_action
-from .api_machines import check_body, get_machine
+from .common import check_body, get_machine
 from .odata import BOOL, DATETIME, STR, Schema, format_datetime
 from .web import ApiError, Request, Response, Route, entity, not_found, require_body, serve_collection
 
@@ -83,11 +82,6 @@ class LiveResponseState:
     calls: dict[str, collections.deque] = field(default_factory=lambda: collections.defaultdict(collections.deque))
 
 
-def _now(emu: Emulator) -> float:
-    clock = getattr(emu, "clock", None)  # TEMP until the emulator core's clock lands
-    return clock.now() if clock else time.time()
-
-
 def _iso(seconds: float) -> str:
     return format_datetime(dt.datetime.fromtimestamp(seconds, dt.timezone.utc))
 
@@ -98,7 +92,7 @@ def state(emu: Emulator) -> LiveResponseState:
         current = getattr(store, "live_response", None)
         if current is None:
             current = store.live_response = LiveResponseState()
-            created = _iso(_now(emu) - 86400 * 7)
+            created = _iso(emu.clock.now() - 86400 * 7)
             for name, (description, params, text) in SEED_SCRIPTS.items():
                 _store_library_file(current, name, text.encode(), description=description,
                                     parameters=params, has_parameters=params is not None,
@@ -289,7 +283,7 @@ def run_live_response(request: Request) -> Response:
             raise ApiError(400, "ActiveRequestAlreadyExists",
                            "Cannot create a new live response session: an active request already exists for the "
                            "machine.")
-        now = _now(emu)
+        now = emu.clock.now()
         _check_quotas(emu, request.app_id, now)
         stamp = _iso(now)
         action = {
@@ -326,7 +320,7 @@ def result_link(request: Request) -> Response:
         raise ApiError(404, "ResourceNotFound", f"Live response command {index} of action {action['id']} has no "
                                                 f"result ({action['commands'][index]['command']['type']}, "
                                                 f"{action['commands'][index]['commandStatus']}).")
-    expires = int(_now(emu)) + LINK_LIFETIME
+    expires = int(emu.clock.now()) + LINK_LIFETIME
     query = urlencode({"se": expires, "sig": _signature(emu, action["id"], index, expires)})
     return Response.json(200, {"@odata.context": f"{emu.base_url}/api/$metadata#Edm.String",
                                "value": f"{emu.base_url}/download/liveresponse/{action['id']}/{index}?{query}"})
@@ -342,7 +336,7 @@ def download_result(request: Request) -> Response:
         index, expires = -1, 0
     expected = _signature(emu, action_id, index, expires)
     result = state(emu).results.get((action_id, index))
-    if not hmac.compare_digest(expected, request.query.get("sig", "")) or expires < _now(emu) or result is None:
+    if not hmac.compare_digest(expected, request.query.get("sig", "")) or expires < emu.clock.now() or result is None:
         return Response(403, b"<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code>"
                              b"<Message>Signature not valid or expired.</Message></Error>",
                         {"Content-Type": "application/xml"})
@@ -407,7 +401,7 @@ def upload_library_file(request: Request) -> Response:
         record = _store_library_file(lr, file_name, content, description=text["Description"],
                                      parameters=text["ParametersDescription"],
                                      has_parameters=has_parameters or bool(text["ParametersDescription"]),
-                                     created_by=request.requestor, when=_iso(_now(emu)))
+                                     created_by=request.requestor, when=_iso(emu.clock.now()))
     return entity(request, "LibraryFiles", _public(record))
 
 

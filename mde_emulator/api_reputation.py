@@ -10,7 +10,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 
-from .api_machines import DOMAIN_RE, SHA1_RE
+from .common import DOMAIN_RE, SHA1_RE
 from .odata import parse_datetime
 from .web import ApiError, Request, Response, Route, entity, not_found
 
@@ -28,9 +28,7 @@ def _look_back_start(request: Request) -> dt.datetime:
             hours = 0
         if not 1 <= hours <= MAX_LOOK_BACK_HOURS:
             raise ApiError(400, "InvalidInput", f"lookBackHours must be an integer from 1 to {MAX_LOOK_BACK_HOURS}.")
-    clock = getattr(request.emu, "clock", None)  # TEMP until the emulator core's clock lands
-    now = clock.utcnow() if clock else dt.datetime.now(dt.timezone.utc)
-    return now - dt.timedelta(hours=hours)
+    return request.emu.clock.utcnow() - dt.timedelta(hours=hours)
 
 
 def _sightings(request: Request, match) -> tuple[set[str], list[str]]:
