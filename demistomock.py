@@ -61,6 +61,11 @@ def uniqueFile() -> str:
     return _runtime.current().unique_file()
 
 
+def getFilePath(id: str) -> dict:
+    """{"path", "name"} of a file entry (in the CLI: a local file path)."""
+    return _runtime.current().get_file_path(id)
+
+
 def debug(msg, *args) -> None:
     _runtime.current().log("debug", msg)
 

@@ -35,6 +35,7 @@ class Runtime:
         self._command = command
         self.store = store or MemoryStore()
         self._workdir = Path(workdir) if workdir else None
+        self._entry_base = Path.cwd()  # local "file entries" are paths relative to where the user ran the CLI
         self.verbose = verbose
         self.entries: list = []  # everything passed to results(), flattened
         self.incidents: list | None = None  # set by incidents(); None when the plugin never called it
@@ -54,6 +55,13 @@ class Runtime:
 
     def unique_file(self) -> str:
         return uuid.uuid4().hex
+
+    def get_file_path(self, entry_id: str) -> dict:
+        """XSOAR resolves a War Room file entry id; locally the entry id is the path of a file."""
+        path = (self._entry_base / Path(str(entry_id)).expanduser()).resolve()
+        if not path.is_file():
+            raise ValueError(f"'{entry_id}' is neither a file entry nor a readable local file.")
+        return {"path": str(path), "name": path.name}
 
     @property
     def workdir(self) -> Path:
