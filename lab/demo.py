@@ -98,6 +98,17 @@ def respond_to_a_host(t: Tour, ready: dict) -> None:
           "comment=IR-1042 closed", options=polling)
 
 
+def retrieve_a_file_from_a_host(t: Tour, ready: dict) -> None:
+    t.step("Retrieve a file from a host with live response (saved gzip-compressed, as Microsoft delivers it)")
+    found = json.loads(t.run("client-credentials", "microsoft-atp-get-machines", "os_platform=Windows10",
+                             "page_size=1", options=("--json",)))
+    machine = found["MicrosoftATP.Machine"]
+    machine = machine[0] if isinstance(machine, list) else machine
+    t.run("client-credentials", "microsoft-atp-live-response-get-file", f"machine_id={machine['ID']}",
+          "comment=IR-1042: collect the hosts file", "path=C:\\Windows\\System32\\drivers\\etc\\hosts",
+          options=("--poll-interval-override", "1"))
+
+
 def alerts_and_fetch(t: Tour, ready: dict) -> None:
     t.step("Alerts, and fetching them as incidents (nothing fetched twice, nothing lost)")
     t.run("client-credentials", "microsoft-atp-list-alerts", "severity=High", "limit=5")
@@ -111,7 +122,7 @@ def alerts_and_fetch(t: Tour, ready: dict) -> None:
     t.run("fetcher", "fetch")
 
 
-HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch]
+HIGHLIGHTS = [respond_to_a_host, retrieve_a_file_from_a_host, alerts_and_fetch]
 
 
 def main() -> int:
