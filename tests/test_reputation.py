@@ -159,12 +159,12 @@ def test_get_file_statistics(xsoar, requests_mock):
     requests_mock.get(f"{API}/files/{SHA256}/stats", json={**FILE_STATS})
     run = xsoar.run("microsoft-atp-get-file-statistics", {"file_hash": SHA256, "lookBackHours": "48"})
     assert requests_mock.last_request.qs == {"lookbackhours": ["48"]}
-    assert run.context["MicrosoftATP.FileStatistics(val.Sha1 && val.Sha1 == obj.Sha1)"] == {
+    assert run.context["MicrosoftATP.FileStatistics(val.Sha1 && val.Sha1 == obj.Sha1)"] == [{
         "Sha1": SHA1, "Statistics": {
             "OrgPrevalence": 3, "OrganizationPrevalence": 3, "OrgFirstSeen": "2024-04-01T00:00:00Z",
             "OrgLastSeen": "2024-04-30T00:00:00Z", "GlobalPrevalence": 1340, "GloballyPrevalence": 1340,
             "GlobalFirstObserved": "2023-01-02T03:04:05Z", "GlobalLastObserved": "2024-05-01T10:00:00Z",
-            "TopFileNames": ["tool.exe", "t.exe"]}}
+            "TopFileNames": ["tool.exe", "t.exe"]}}]
     assert run.context[FILE_KEY] == {
         "SHA1": SHA1, "OrganizationPrevalence": 3, "GlobalPrevalence": 1340,
         "OrganizationFirstSeen": "2024-04-01T00:00:00Z", "OrganizationLastSeen": "2024-04-30T00:00:00Z",
@@ -183,19 +183,18 @@ def test_get_ip_statistics(xsoar, requests_mock):
         "orgLastSeen": "2024-04-02T00:00:00Z"})
     run = xsoar.run("microsoft-atp-get-ip-statistics", {"ip": "10.1.2.3", "lookBackHours": "720"})
     assert requests_mock.last_request.qs == {"lookbackhours": ["720"]}
-    key = "MicrosoftATP.IPStatistics(val.Statistics.IPAddress && val.Statistics.IPAddress == obj.Statistics.IPAddress)"
-    assert run.context[key] == {"Statistics": {"IPAddress": "10.1.2.3", "OrgPrevalence": 2,
-                                               "OrgFirstSeen": "2024-04-01T00:00:00Z",
-                                               "OrgLastSeen": "2024-04-02T00:00:00Z"}}
+    key = "MicrosoftATP.IPStatistics.Statistics(val.IPAddress && val.IPAddress == obj.IPAddress)"
+    assert run.context[key] == [{"IPAddress": "10.1.2.3", "OrgPrevalence": 2, "OrgFirstSeen": "2024-04-01T00:00:00Z",
+                                 "OrgLastSeen": "2024-04-02T00:00:00Z"}]
 
 
 def test_get_domain_statistics_of_an_unknown_domain(xsoar, requests_mock):
     requests_mock.get(f"{API}/domains/example.com/stats", json={
         "host": "example.com", "organizationPrevalence": 0, "orgFirstSeen": None, "orgLastSeen": None})
     run = xsoar.run("microsoft-atp-get-domain-statistics", {"domain": "example.com"})
-    key = "MicrosoftATP.DomainStatistics(val.Statistics.Host && val.Statistics.Host == obj.Statistics.Host)"
-    assert run.context[key] == {"Statistics": {"Host": "example.com", "OrgPrevalence": 0, "OrgFirstSeen": None,
-                                               "OrgLastSeen": None}}
+    key = "MicrosoftATP.DomainStatistics.Statistics(val.Host && val.Host == obj.Host)"
+    assert run.context[key] == [{"Host": "example.com", "OrgPrevalence": 0, "OrgFirstSeen": None,
+                                 "OrgLastSeen": None}]
 
 
 @pytest.mark.parametrize("command, args, name", [
