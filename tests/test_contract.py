@@ -26,7 +26,7 @@ IMPLEMENTED_AREAS = {
     # indicators
 
     # live response and reputation
-
+    "live_response", "entity_lookups_reputation",
     # vulnerability management
 
 }
