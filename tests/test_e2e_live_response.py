@@ -153,10 +153,10 @@ def test_prevalence_statistics(lab, evidence):
     assert file_stats["Statistics"]["OrganizationPrevalence"] == file_stats["Statistics"]["OrgPrevalence"]
     ip = evidence["IPs"]
     ip_stats = context(run(lab, "microsoft-atp-get-ip-statistics", f"ip={ip}", options=("--json",)))
-    assert as_list(ip_stats["MicrosoftATP.IPStatistics"])[0]["Statistics"]["OrgPrevalence"] >= 1
+    assert as_list(ip_stats["MicrosoftATP.IPStatistics.Statistics"])[0]["OrgPrevalence"] >= 1
     domain = evidence["Domains"]
     domain_stats = context(run(lab, "microsoft-atp-get-domain-statistics", f"domain={domain}", "lookBackHours=720",
                                options=("--json",)))
-    assert as_list(domain_stats["MicrosoftATP.DomainStatistics"])[0]["Statistics"]["Host"] == domain
+    assert as_list(domain_stats["MicrosoftATP.DomainStatistics.Statistics"])[0]["Host"] == domain
     too_far = run(lab, "microsoft-atp-get-ip-statistics", f"ip={ip}", "lookBackHours=721")
     assert too_far.returncode == 1 and "lookBackHours" in too_far.stderr
