@@ -2807,38 +2807,39 @@ def with_transcript(result: CommandResult, action: dict, transcript: dict, reada
     return result
 
 
-def single_machine_target(args: dict) -> list[ActionTarget]:
-    return [ActionTarget(validate_machine_id(arg_required(args, "machine_id")))]
+def run_session(client: "Client", args: dict, action_command: ActionCommand, commands: list[dict],
+                deliver: Callable[["Client", list[ActionOutcome], CommandResult], Any]) -> Any:
+    """Starts (or resumes following) a one-command session on one machine with the machine actions' polling, and
+    hands the finished session to `deliver`."""
+    targets = [ActionTarget(validate_machine_id(arg_required(args, "machine_id")))]
+    comment = arg_required(args, "comment")
+    return run_machine_action(client, args, action_command, targets,
+                              session_creator(client, action_command, comment, commands), on_done=deliver)
 
 
-PUT_FILE = ActionCommand("microsoft-atp-live-response-put-file", "LiveResponse", ids_arg="machine_action_id",
-                         spec=LIVE_RESPONSE_ACTION)
-RUN_SCRIPT = ActionCommand("microsoft-atp-live-response-run-script", "LiveResponse", ids_arg="machine_action_id",
-                           spec=LIVE_RESPONSE_ACTION)
-GET_FILE = ActionCommand("microsoft-atp-live-response-get-file", "LiveResponse", ids_arg="machine_action_id",
-                         spec=LIVE_RESPONSE_ACTION)
+def session_command(name: str) -> ActionCommand:
+    return ActionCommand(name, "LiveResponse", ids_arg="machine_action_id", spec=LIVE_RESPONSE_ACTION)
+
+
+PUT_FILE = session_command("microsoft-atp-live-response-put-file")
+RUN_SCRIPT = session_command("microsoft-atp-live-response-run-script")
+GET_FILE = session_command("microsoft-atp-live-response-get-file")
 
 
 @command("microsoft-atp-live-response-put-file", LIVE_RESPONSE_ROLES)
 def live_response_put_file_command(client: "Client", args: dict) -> Any:
-    targets = single_machine_target(args)
-    comment = arg_required(args, "comment")
     file_name = validate_library_name(arg_required(args, "file_name"), "file_name")
-    commands = [live_response_command("PutFile", FileName=file_name)]
 
     def deliver(client: "Client", outcomes: list[ActionOutcome], result: CommandResult) -> CommandResult:
         action = finished_session(client, outcomes)
         result.readable += (f"\n\n{file_name} is on {action.get('computerDnsName')}, in the Downloads folder of "
                             "Defender for Endpoint.")
         return result
-    return run_machine_action(client, args, PUT_FILE, targets, session_creator(client, PUT_FILE, comment, commands),
-                              on_done=deliver)
+    return run_session(client, args, PUT_FILE, [live_response_command("PutFile", FileName=file_name)], deliver)
 
 
 @command("microsoft-atp-live-response-run-script", LIVE_RESPONSE_ROLES)
 def live_response_run_script_command(client: "Client", args: dict) -> Any:
-    targets = single_machine_target(args)
-    comment = arg_required(args, "comment")
     script = validate_library_name(arg_required(args, "scriptName"), "scriptName")
     commands = [live_response_command("RunScript", ScriptName=script, Args=script_arguments(args))]
 
@@ -2848,24 +2849,19 @@ def live_response_run_script_command(client: "Client", args: dict) -> Any:
         transcript = read_transcript(client.download(link), str(action["id"]))
         readable = f"{result.readable}\n\n{transcript_readable(transcript, str(action.get('computerDnsName')))}"
         return with_transcript(result, action, transcript, readable)
-    return run_machine_action(client, args, RUN_SCRIPT, targets,
-                              session_creator(client, RUN_SCRIPT, comment, commands), on_done=deliver)
+    return run_session(client, args, RUN_SCRIPT, commands, deliver)
 
 
 @command("microsoft-atp-live-response-get-file", LIVE_RESPONSE_ROLES)
 def live_response_get_file_command(client: "Client", args: dict) -> Any:
-    targets = single_machine_target(args)
-    comment = arg_required(args, "comment")
     path = validate_device_path(arg_required(args, "path"))
-    commands = [live_response_command("GetFile", Path=path)]
 
     def deliver(client: "Client", outcomes: list[ActionOutcome], result: CommandResult) -> list:
         action = finished_session(client, outcomes)
         data = client.download(client.get_live_response_result_link(str(action["id"]),
                                                                      command_index(action, "GetFile")))
         return [result, file_entry(download_name(path, data), data)]
-    return run_machine_action(client, args, GET_FILE, targets, session_creator(client, GET_FILE, comment, commands),
-                              on_done=deliver)
+    return run_session(client, args, GET_FILE, [live_response_command("GetFile", Path=path)], deliver)
 
 
 @command("microsoft-atp-live-response-result", MACHINE_READ)

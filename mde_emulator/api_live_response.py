@@ -20,15 +20,12 @@ import email.parser
 import email.policy
 import gzip
 import hashlib
-import hmac
 import json
 import re
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode
 
-from .api_actions import get_action
-from .common import check_body, get_machine
+from .common import check_body, get_action, get_machine, link_refused, signed_link
 from .odata import BOOL, DATETIME, STR, Schema, format_datetime
 from .web import ApiError, Request, Response, Route, entity, not_found, require_body, serve_collection
 
@@ -302,10 +299,6 @@ def run_live_response(request: Request) -> Response:
 
 
 # -- results ---------------------------------------------------------------------------------------------------
-def _signature(emu: Emulator, action_id: str, index: int, expires: int) -> str:
-    return hmac.new(emu.package_key, f"lr:{action_id}:{index}:{expires}".encode(), hashlib.sha256).hexdigest()
-
-
 def result_link(request: Request) -> Response:
     action = get_action(request)
     try:
@@ -320,26 +313,20 @@ def result_link(request: Request) -> Response:
         raise ApiError(404, "ResourceNotFound", f"Live response command {index} of action {action['id']} has no "
                                                 f"result ({action['commands'][index]['command']['type']}, "
                                                 f"{action['commands'][index]['commandStatus']}).")
-    expires = int(emu.clock.now()) + LINK_LIFETIME
-    query = urlencode({"se": expires, "sig": _signature(emu, action["id"], index, expires)})
-    return Response.json(200, {"@odata.context": f"{emu.base_url}/api/$metadata#Edm.String",
-                               "value": f"{emu.base_url}/download/liveresponse/{action['id']}/{index}?{query}"})
+    return signed_link(emu, f"/download/liveresponse/{action['id']}/{index}", LINK_LIFETIME)
 
 
 def download_result(request: Request) -> Response:
     """The short-lived link: no bearer token, the signature in the URL authorises it."""
-    emu = request.emu
-    action_id = request.params["id"].lower()
+    refused = link_refused(request)
+    if refused:
+        return refused
     try:
-        index, expires = int(request.params["index"]), int(request.query.get("se", ""))
+        result = state(request.emu).results.get((request.params["id"].lower(), int(request.params["index"])))
     except ValueError:
-        index, expires = -1, 0
-    expected = _signature(emu, action_id, index, expires)
-    result = state(emu).results.get((action_id, index))
-    if not hmac.compare_digest(expected, request.query.get("sig", "")) or expires < emu.clock.now() or result is None:
-        return Response(403, b"<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code>"
-                             b"<Message>Signature not valid or expired.</Message></Error>",
-                        {"Content-Type": "application/xml"})
+        result = None
+    if result is None:
+        return Response(404, b"", {"Content-Type": "application/xml"})
     name, content = result
     content_type = "application/json" if name.endswith(".json") else "application/octet-stream"
     return Response(200, content, {"Content-Type": content_type,

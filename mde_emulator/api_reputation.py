@@ -8,9 +8,8 @@ other endpoints serve. `GET /api/files/{sha}` itself is served by api_alerts.
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 
-from .common import DOMAIN_RE, SHA1_RE
+from .common import DOMAIN_RE, SHA1_RE, check_ip
 from .odata import parse_datetime
 from .web import ApiError, Request, Response, Route, entity, not_found
 
@@ -65,11 +64,7 @@ def file_stats(request: Request) -> Response:
 
 
 def ip_stats(request: Request) -> Response:
-    ip = request.params["ip"]
-    try:
-        ipaddress.ip_address(ip)
-    except ValueError:
-        raise ApiError(400, "InvalidIpAddress", f"'{ip}' is not a valid IP address.") from None
+    ip = check_ip(request.params["ip"])
     machines, times = _sightings(request, lambda e: e["ipAddress"] == ip)
     return entity(request, "microsoft.windowsDefenderATP.api.InOrgIPStats",
                   {"ipAddress": ip, **_org_stats(machines, times)})

@@ -10,10 +10,10 @@ import gzip
 
 import pytest
 import requests
+from test_emulator import Api
 
 from mde_emulator.server import EmulatorServer, Options
 
-MDE_SCOPE = "https://securitycenter.onmicrosoft.com/windowsatpservice/.default"
 DELAY = 100  # action delay (emulator seconds): InProgress at 50, commands finish in turn until 100
 
 
@@ -26,30 +26,6 @@ def server():
 @pytest.fixture(scope="module")
 def info(server):
     return server.info
-
-
-def _token(info, name="full") -> str:
-    client = info["clients"][name]
-    r = requests.post(f"{info['login_url']}/{info['tenant_id']}/oauth2/v2.0/token", verify=info["ca_bundle"],
-                      data={"client_id": client["client_id"], "client_secret": client["client_secret"],
-                            "grant_type": "client_credentials", "scope": MDE_SCOPE}, timeout=10)
-    return r.json()["access_token"]
-
-
-class Api:
-    def __init__(self, info, client="full"):
-        self.info = info
-        self.headers = {"Authorization": f"Bearer {_token(info, client)}"}
-
-    def request(self, method, path, **kwargs):
-        return requests.request(method, f"{self.info['api_url']}{path}", headers=self.headers,
-                                verify=self.info["ca_bundle"], timeout=30, **kwargs)
-
-    def get(self, path, **kwargs):
-        return self.request("GET", path, **kwargs)
-
-    def post(self, path, **kwargs):
-        return self.request("POST", path, **kwargs)
 
 
 @pytest.fixture(scope="module")

@@ -14,13 +14,11 @@ import pytest
 from conftest import API, mock_entra
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
+from test_machine_actions import A1, A2, NOW
+from test_machines import MID
 
 import demistomock
 
-MID = "4899036531e374137f63289c3267bad772c13fef"
-A1 = "7a3e8c1d-5b2f-4e6a-9c0d-1f2e3a4b5c6d"
-A2 = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
-NOW = 1_714_557_600  # 2024-05-01T10:00:00Z
 HOST = "desktop-1.contoso.com"
 LR_KEY = "MicrosoftATP.LiveResponseAction(val.id && val.id == obj.id)"
 LIBRARY_KEY = "MicrosoftATP.LibraryFile(val.FileName && val.FileName == obj.FileName)"
