@@ -2871,7 +2871,7 @@ def session_failure(action: dict) -> IntegrationError:
 
 def finished_session(client: "Client", outcomes: list[ActionOutcome]) -> dict:
     """The session with its commands (re-read when the status list left them out); raises unless it succeeded."""
-    action = outcomes[0].action
+    action = next(outcome.action for outcome in outcomes if outcome.action)
     if not action.get("commands"):
         action = client.get_machine_action(str(action.get("id")))
     if action.get("status") != "Succeeded":
@@ -2926,7 +2926,7 @@ def with_transcript(result: CommandResult, action: dict, transcript: dict, reada
 
 
 def run_session(client: "Client", args: dict, action_command: ActionCommand, commands: list[dict],
-                deliver: Callable[["Client", list[ActionOutcome], CommandResult], Any]) -> Any:
+                deliver: Callable[["Client", list[ActionOutcome], CommandResult], list]) -> Any:
     """Starts (or resumes following) a one-command session on one machine with the machine actions' polling, and
     hands the finished session to `deliver`."""
     targets = [ActionTarget(validate_machine_id(arg_required(args, "machine_id")))]
@@ -2948,11 +2948,11 @@ GET_FILE = session_command("microsoft-atp-live-response-get-file")
 def live_response_put_file_command(client: "Client", args: dict) -> Any:
     file_name = validate_library_name(arg_required(args, "file_name"), "file_name")
 
-    def deliver(client: "Client", outcomes: list[ActionOutcome], result: CommandResult) -> CommandResult:
+    def deliver(client: "Client", outcomes: list[ActionOutcome], result: CommandResult) -> list:
         action = finished_session(client, outcomes)
         result.readable += (f"\n\n{file_name} is on {action.get('computerDnsName')}, in the Downloads folder of "
                             "Defender for Endpoint.")
-        return result
+        return [result]
     return run_session(client, args, PUT_FILE, [live_response_command("PutFile", FileName=file_name)], deliver)
 
 
@@ -2961,12 +2961,12 @@ def live_response_run_script_command(client: "Client", args: dict) -> Any:
     script = validate_library_name(arg_required(args, "scriptName"), "scriptName")
     commands = [live_response_command("RunScript", ScriptName=script, Args=script_arguments(args))]
 
-    def deliver(client: "Client", outcomes: list[ActionOutcome], result: CommandResult) -> CommandResult:
+    def deliver(client: "Client", outcomes: list[ActionOutcome], result: CommandResult) -> list:
         action = finished_session(client, outcomes)
         link = client.get_live_response_result_link(str(action["id"]), command_index(action, "RunScript"))
         transcript = read_transcript(client.download(link), str(action["id"]))
         readable = f"{result.readable}\n\n{transcript_readable(transcript, str(action.get('computerDnsName')))}"
-        return with_transcript(result, action, transcript, readable)
+        return [with_transcript(result, action, transcript, readable)]
     return run_session(client, args, RUN_SCRIPT, commands, deliver)
 
 
