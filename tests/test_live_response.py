@@ -484,3 +484,41 @@ def test_without_polling_the_started_session_is_returned_at_once(xsoar, requests
     entry = xsoar.run(RUN_SCRIPT, {**RUN_ARGS, "polling": "false"}).entry
     assert "PollingCommand" not in entry and "Not waiting for completion" in entry["HumanReadable"]
     assert api_calls(requests_mock) == [f"POST /api/machines/{MID}/runliveresponse"]
+
+
+def test_a_missing_download_link_is_an_error(xsoar, requests_mock):
+    status_poll(requests_mock, script_session("Succeeded", "Completed"))
+    requests_mock.get(f"{API}/machineactions/{A1}/GetLiveResponseResultDownloadLink(index=0)", json={"value": ""})
+    assert "no download link for command 0" in xsoar.run(RUN_SCRIPT, {**RUN_ARGS, "machine_action_id": A1}).error
+
+
+def test_upload_of_an_entry_without_a_readable_file(xsoar, requests_mock, tmp_path):
+    xsoar.monkeypatch.setattr(demistomock, "getFilePath", lambda entry_id: {"path": str(tmp_path / "gone"),
+                                                                            "name": "gone"})
+    assert "does not lead to a readable file" in xsoar.run("microsoft-atp-upload-library-file",
+                                                           {"entry_id": "1@2"}).error
+    assert api_calls(requests_mock) == []
+
+
+def test_other_upload_refusals_are_reported_as_microsoft_gives_them(xsoar, requests_mock, tmp_path):
+    script = tmp_path / "a.ps1"
+    script.write_text("exit 0\n")
+    xsoar.monkeypatch.setattr(demistomock, "getFilePath", lambda entry_id: {"path": str(script), "name": "a.ps1"})
+    requests_mock.post(f"{API}/libraryfiles", status_code=403, json={"error": {
+        "code": "Forbidden", "message": "Missing Library.Manage", "target": "x"}})
+    error = xsoar.run("microsoft-atp-upload-library-file", {"entry_id": "1@2"}).error
+    assert "Missing Library.Manage" in error and "override_if_exists" not in error
+
+
+def test_the_local_runtime_resolves_file_entries_as_paths_from_where_the_cli_ran(tmp_path, monkeypatch):
+    from xsoar_local.runtime import Runtime
+
+    (tmp_path / "scripts").mkdir()
+    (tmp_path / "scripts" / "collect.ps1").write_text("exit 0\n")
+    monkeypatch.chdir(tmp_path)
+    runtime = Runtime(workdir=tmp_path / "work")
+    monkeypatch.chdir(tmp_path / "scripts")  # the CLI runs the plugin elsewhere; the user's path still counts
+    assert runtime.get_file_path("scripts/collect.ps1") == {"path": str(tmp_path / "scripts" / "collect.ps1"),
+                                                            "name": "collect.ps1"}
+    with pytest.raises(ValueError, match="neither a file entry nor a readable local file"):
+        runtime.get_file_path("scripts/missing.ps1")
