@@ -520,5 +520,5 @@ def test_the_local_runtime_resolves_file_entries_as_paths_from_where_the_cli_ran
     monkeypatch.chdir(tmp_path / "scripts")  # the CLI runs the plugin elsewhere; the user's path still counts
     assert runtime.get_file_path("scripts/collect.ps1") == {"path": str(tmp_path / "scripts" / "collect.ps1"),
                                                             "name": "collect.ps1"}
-    with pytest.raises(ValueError, match="neither a file entry nor a readable local file"):
+    with pytest.raises(ValueError, match="no file at"):
         runtime.get_file_path("scripts/missing.ps1")

@@ -35,7 +35,7 @@ class Runtime:
         self._command = command
         self.store = store or MemoryStore()
         self._workdir = Path(workdir) if workdir else None
-        self._entry_base = Path.cwd()  # local "file entries" are paths relative to where the user ran the CLI
+        self.user_dir = Path.cwd()  # where the user ran the CLI: file arguments are paths relative to it
         self.verbose = verbose
         self.entries: list = []  # everything passed to results(), flattened
         self.incidents: list | None = None  # set by incidents(); None when the plugin never called it
@@ -57,10 +57,10 @@ class Runtime:
         return uuid.uuid4().hex
 
     def get_file_path(self, entry_id: str) -> dict:
-        """XSOAR resolves a War Room file entry id; locally the entry id is the path of a file."""
-        path = (self._entry_base / Path(str(entry_id)).expanduser()).resolve()
+        """XSOAR resolves a file entry ID to the file's local path; locally the "entry ID" is the path itself."""
+        path = (self.user_dir / str(entry_id)).resolve()
         if not path.is_file():
-            raise ValueError(f"'{entry_id}' is neither a file entry nor a readable local file.")
+            raise ValueError(f"no file at {path}")
         return {"path": str(path), "name": path.name}
 
     @property
