@@ -7,9 +7,9 @@ import json
 from pathlib import Path
 
 import pytest
+from e2e import action_delay, actions_requested, run_advancing_clock
 
 pytestmark = pytest.mark.e2e
-FAST_POLLING = ("--poll-interval-override", "0.5")
 INSTANCE = "client-credentials"
 
 
@@ -24,6 +24,13 @@ def as_list(value) -> list:
 
 def run(lab, command: str, *args: str, options: tuple[str, ...] = ()):
     return lab.mde.run(lab.instances[INSTANCE], command, *args, options=options)
+
+
+def run_session(lab, command: str, *args: str, options: tuple[str, ...] = ()):
+    """A session command that polls until the session is final: its time passes on the emulator's clock once the
+    session exists, so nothing waits in real time."""
+    return run_advancing_clock(lab, lab.instances[INSTANCE], command, *args, options=options,
+                               when=actions_requested(lab), seconds=action_delay(lab))
 
 
 @pytest.fixture(scope="module")
@@ -52,9 +59,9 @@ def test_upload_a_script_run_it_and_read_its_output(lab, windows_machines, tmp_p
     assert refused.returncode == 1 and "override_if_exists" in refused.stderr
 
     machine = next(windows_machines)
-    ran = context(run(lab, "microsoft-atp-live-response-run-script", f"machine_id={machine['ID']}",
-                      "comment=e2e triage", "scriptName=e2e_triage.ps1", "arguments=IR-7",
-                      options=(*FAST_POLLING, "--json")))
+    ran = context(run_session(lab, "microsoft-atp-live-response-run-script", f"machine_id={machine['ID']}",
+                              "comment=e2e triage", "scriptName=e2e_triage.ps1", "arguments=IR-7",
+                              options=("--json",)))
     result = as_list(ran["MicrosoftATP.LiveResponseAction"])[-1]
     assert result["status"] == "Succeeded"
     assert (result["script_name"], result["exit_code"]) == ("e2e_triage.ps1", 4)
@@ -67,8 +74,8 @@ def test_upload_a_script_run_it_and_read_its_output(lab, windows_machines, tmp_p
 
 def test_get_a_file_and_find_it_on_disk(lab, windows_machines):
     machine = next(windows_machines)
-    result = run(lab, "microsoft-atp-live-response-get-file", f"machine_id={machine['ID']}",
-                 "comment=e2e collect", "path=C:\\Windows\\System32\\drivers\\etc\\hosts", options=FAST_POLLING)
+    result = run_session(lab, "microsoft-atp-live-response-get-file", f"machine_id={machine['ID']}",
+                         "comment=e2e collect", "path=C:\\Windows\\System32\\drivers\\etc\\hosts")
     assert result.returncode == 0, result.stderr
     saved = saved_files(result)
     assert len(saved) == 1 and saved[0].name.startswith("hosts") and saved[0].suffix == ".gz"
@@ -77,8 +84,8 @@ def test_get_a_file_and_find_it_on_disk(lab, windows_machines):
 
 
 def test_a_failed_get_file_reports_microsofts_error(lab, windows_machines):
-    result = run(lab, "microsoft-atp-live-response-get-file", f"machine_id={next(windows_machines)['ID']}",
-                 "comment=e2e missing", "path=C:\\nowhere\\missing.txt", options=FAST_POLLING)
+    result = run_session(lab, "microsoft-atp-live-response-get-file", f"machine_id={next(windows_machines)['ID']}",
+                         "comment=e2e missing", "path=C:\\nowhere\\missing.txt")
     assert result.returncode == 1
     assert "File not found on the device: C:\\nowhere\\missing.txt" in result.stderr
     assert not saved_files(result)
@@ -86,15 +93,13 @@ def test_a_failed_get_file_reports_microsofts_error(lab, windows_machines):
 
 def test_a_second_session_is_refused_with_the_pending_one_then_cancelled(lab, windows_machines):
     machine = next(windows_machines)
-    lab.emulator.set_faults(action_delay=3600)
-    try:
+    with lab.emulator.frozen_clock():  # the first session stays pending until cancelled
         started = run(lab, "microsoft-atp-live-response-run-script", f"machine_id={machine['ID']}",
-                      "comment=e2e slow", "scriptName=hello.ps1", "interval_in_seconds=1", "timeout_in_seconds=1",
-                      options=(*FAST_POLLING, "--json"))
+                      "comment=e2e slow", "scriptName=hello.ps1", "polling=false", options=("--json",))
         session = as_list(context(started)["MicrosoftATP.LiveResponseAction"])[-1]
-        assert session["status"] in ("Pending", "InProgress")
+        assert session["status"] == "Pending"
         second = run(lab, "microsoft-atp-live-response-get-file", f"machine_id={machine['ID']}",
-                     "comment=e2e second", "path=C:\\Windows\\Temp\\setup.log", options=FAST_POLLING)
+                     "comment=e2e second", "path=C:\\Windows\\Temp\\setup.log")
         assert second.returncode == 1
         assert session["id"] in second.stderr and "RunScript hello.ps1" in second.stderr
         assert "microsoft-atp-live-response-cancel-action" in second.stderr
@@ -102,8 +107,6 @@ def test_a_second_session_is_refused_with_the_pending_one_then_cancelled(lab, wi
                         "comment=e2e no longer needed")
         assert cancelled.returncode == 0, cancelled.stderr
         assert "Cancelled" in cancelled.stdout
-    finally:
-        lab.emulator.set_faults(action_delay=2)
     details = context(run(lab, "microsoft-atp-list-machine-actions-details", f"id={session['id']}",
                           options=("--json",)))
     assert as_list(details["MicrosoftATP.MachineAction"])[0]["Status"] == "Cancelled"
