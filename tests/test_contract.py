@@ -27,7 +27,7 @@ IMPLEMENTED_AREAS = {
     # indicators
     "indicators_sc", "indicators_legacy_graph",
     # live response and reputation
-
+    "live_response", "entity_lookups_reputation",
     # vulnerability management
 
 }
