@@ -1562,15 +1562,33 @@ def machine_ids_arg(args: dict, name: str = "machine_id") -> list[str]:
     return list(dict.fromkeys(ids))
 
 
+# Endpoint.Status as the original integration derives it from healthStatus; other values leave Status out.
+ENDPOINT_STATUS_BY_HEALTH = {"Active": "Online", "Inactive": "Offline", "ImpairedCommunication": "Online"}
+
+
+def endpoint_status(health_status: object) -> str | None:
+    health = str(health_status or "")
+    return "Online" if health.startswith("NoSensorData") else ENDPOINT_STATUS_BY_HEALTH.get(health)
+
+
+def endpoint_os_version(machine: dict) -> str | None:
+    """"<osVersion or version> <osProcessor> bit", the original's format (e.g. "22H2 x64 bit")."""
+    version = machine.get("osVersion") or machine.get("version")
+    processor = machine.get("osProcessor")
+    if not version:
+        return None
+    return f"{version} {processor} bit" if processor else str(version)
+
+
 def endpoint_context(machine: dict, isolated: bool | None = None) -> dict:
     """The standard Endpoint context; `isolated` comes from the machine's action history (see isolation_states)."""
     last_ip = machine.get("lastIpAddress")
-    macs = [(a.get("ipAddress"), a.get("macAddress")) for a in machine.get("ipAddresses") or [] if a.get("macAddress")]
-    mac = next((m for ip, m in macs if ip == last_ip), macs[0][1] if macs else None)
+    mac = next((a.get("macAddress") for a in machine.get("ipAddresses") or []
+                if last_ip and a.get("ipAddress") == last_ip and a.get("macAddress")), None)
     endpoint = {"ID": machine.get("id"), "Hostname": machine.get("computerDnsName"), "IPAddress": last_ip,
-                "OS": machine.get("osPlatform"), "OSVersion": machine.get("version") or machine.get("osVersion"),
-                "Status": "Online" if str(machine.get("healthStatus")).lower() == "active" else "Offline",
-                "MACAddress": mac, "IsIsolated": isolated, "Vendor": VENDOR}
+                "OS": machine.get("osPlatform"), "OSVersion": endpoint_os_version(machine),
+                "Status": endpoint_status(machine.get("healthStatus")), "MACAddress": mac, "IsIsolated": isolated,
+                "Vendor": VENDOR}
     return {key: value for key, value in endpoint.items() if value is not None}
 
 
