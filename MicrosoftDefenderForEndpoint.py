@@ -2463,6 +2463,10 @@ DETECTION_SOURCES = {
 }
 
 
+INCIDENT_NAME = "Microsoft Defender ATP Alert {id}"  # the original's name, kept for classification rules
+DEFAULT_FIRST_FETCH = "3 days"
+
+
 @dataclass(frozen=True)
 class FetchSettings:
     first_fetch: datetime
@@ -2479,9 +2483,12 @@ def fetch_settings_from_params(params: dict, now: datetime | None = None) -> Fet
                           [*DETECTION_SOURCES, *DETECTION_SOURCES.values()])
     lookback = arg_to_int(params.get("fetch_lookback_minutes"), "fetch_lookback_minutes (Look-back window)",
                           default=10, minimum=0, maximum=1440)
+    # first_fetch is the parameter's current name; instances made by the original carry first_fetch_timestamp
+    first_fetch_param = next((name for name in ("first_fetch", "first_fetch_timestamp") if params.get(name)),
+                             "first_fetch")
     return FetchSettings(
-        first_fetch=arg_to_datetime(params.get("first_fetch_timestamp") or "3 days",
-                                    "first_fetch_timestamp (First fetch timestamp)", now=now),
+        first_fetch=arg_to_datetime(params.get(first_fetch_param) or DEFAULT_FIRST_FETCH,
+                                    f"{first_fetch_param} (First fetch timestamp)", now=now),
         max_fetch=int(arg_to_int(params.get("max_fetch"), "max_fetch (Maximum number of incidents to fetch)",
                                  default=50, minimum=1, maximum=10_000)),
         lookback=timedelta(minutes=int(lookback)),
@@ -2563,7 +2570,8 @@ def select_new_alerts(alerts: Iterable[dict], cursor: FetchCursor,
 
 def alert_to_incident(alert: dict) -> dict:
     return {
-        "name": f"Microsoft Defender for Endpoint Alert {alert.get('id')}: {alert.get('title') or 'untitled'}",
+        "name": INCIDENT_NAME.format(id=alert.get("id")),  # classification rules match on this exact name
+        "details": alert.get("title") or "",
         "occurred": alert.get("alertCreationTime"),
         "severity": INCIDENT_SEVERITY.get(str(alert.get("severity") or "").lower(), 0),
         "rawJSON": json.dumps(alert),
