@@ -773,9 +773,55 @@ def connection_error_message(exc: requests.RequestException, url: str) -> str:
     return f"Could not connect to {host} ({type(exc).__name__}). Check Server URL / Endpoint Type and the network."
 
 
+# XSOAR's "API Execution Metrics" dashboard: entry type 19, one count per outcome (the platform's names).
+API_CALL_OUTCOMES = ("Successful", "QuotaError", "GeneralError", "AuthError", "ServiceError", "ConnectionError",
+                     "ProxyError", "SSLError", "TimeoutError", "RetryError")
+ENTRY_TYPE_EXECUTION_METRICS = 19
+METRICS_MIN_SERVER_VERSION = (6, 8, 0)
+
+
+def call_outcome(result: "requests.Response | Exception") -> str:
+    """The dashboard's name for what one HTTP call ended in."""
+    if isinstance(result, requests.Response):
+        status = result.status_code
+        if status < 400:
+            return "Successful"
+        if status == 429:
+            return "QuotaError"
+        if status in (401, 403):
+            return "AuthError"
+        return "ServiceError" if status >= 500 else "GeneralError"
+    for kind, outcome in ((requests.exceptions.SSLError, "SSLError"), (requests.exceptions.ProxyError, "ProxyError"),
+                          (requests.Timeout, "TimeoutError"), (requests.ConnectionError, "ConnectionError")):
+        if isinstance(result, kind):  # SSL and proxy errors are connection errors too: the first match wins
+            return outcome
+    return "GeneralError"
+
+
+class ApiCallMetrics:
+    """Every HTTP call the Transport makes, counted once by its outcome. A call after which the Transport gives
+    up retrying (5xx, 429 or a connection error it had already retried) counts as RetryError."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def count(self, result: "requests.Response | Exception", *, gave_up_retrying: bool = False) -> None:
+        outcome = "RetryError" if gave_up_retrying else call_outcome(result)
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def entry(self) -> dict | None:
+        if not self.counts:
+            return None
+        return {"Type": ENTRY_TYPE_EXECUTION_METRICS, "ContentsFormat": "text",
+                "Contents": "Metrics reported successfully.",
+                "APIExecutionMetrics": [{"Type": outcome, "APICallsCount": self.counts[outcome]}
+                                        for outcome in API_CALL_OUTCOMES if outcome in self.counts]}
+
+
 class Transport:
     """The one HTTP core: sends API calls with retries, rate-limit waits and one token refresh, pages through
-    collections and downloads files. Areas add their endpoint calls as mixins (see Client)."""
+    collections and downloads files, counting every call in `metrics`. Areas add their endpoint calls as mixins
+    (see Client)."""
 
     def __init__(self, base_url: str, auth: BearerAuth, *, verify: bool = True, proxies: dict | None = None,
                  session: requests.Session | None = None, clock: Clock = SYSTEM_CLOCK,
@@ -787,6 +833,7 @@ class Transport:
         self.session = session or requests.Session()
         self.clock = clock
         self.timeout = timeout
+        self.metrics = ApiCallMetrics()
 
     @property
     def provider(self) -> TokenProvider:
@@ -820,13 +867,16 @@ class Transport:
                 retryable = (is_read or isinstance(exc, requests.ConnectTimeout)) and not isinstance(
                     exc, requests.exceptions.SSLError)
                 if retryable and attempt < MAX_RETRIES:
+                    self.metrics.count(exc)
                     attempt += 1
                     log_debug(f"{method} {_display_path(url)}: {type(exc).__name__}, retry {attempt}")
                     self.clock.sleep(backoff_seconds(attempt))
                     continue
+                self.metrics.count(exc, gave_up_retrying=attempt > 0)
                 raise ApiError(connection_error_message(exc, url)) from exc
             status = response.status_code
             if status == 401 and not refreshed:
+                self.metrics.count(response)
                 refreshed = True
                 self.auth.force_refresh = True
                 log_debug(f"{method} {_display_path(url)}: 401, refreshing the token once")
@@ -834,15 +884,19 @@ class Transport:
             if status == 429:
                 delay = retry_after_seconds(response, attempt)
                 if waited + delay <= MAX_RATE_LIMIT_WAIT:
+                    self.metrics.count(response)
                     waited += delay
                     log_debug(f"{method} {_display_path(url)}: rate limited, waiting {delay:.0f}s")
                     self.clock.sleep(delay)
                     continue
             elif status in RETRYABLE_STATUSES and is_read and attempt < MAX_RETRIES:
+                self.metrics.count(response)
                 attempt += 1
                 log_debug(f"{method} {_display_path(url)}: HTTP {status}, retry {attempt}")
                 self.clock.sleep(backoff_seconds(attempt))
                 continue
+            retried = attempt > 0 or waited > 0
+            self.metrics.count(response, gave_up_retrying=retried and (status == 429 or status in RETRYABLE_STATUSES))
             return response
 
     def paginate(self, path: str, params: dict | None = None, *, limit: int | None = None, offset: int = 0,
@@ -889,7 +943,9 @@ class Transport:
         try:
             response = self.session.get(url, verify=self.verify, proxies=self.proxies, timeout=self.timeout)
         except requests.RequestException as exc:
+            self.metrics.count(exc)
             raise ApiError(connection_error_message(exc, url)) from exc
+        self.metrics.count(response)
         if not response.ok:
             raise ApiError(f"Downloading {urlparse(url).netloc}{urlparse(url).path} failed with HTTP "
                            f"{response.status_code}. The link may have expired; request a new one.")
@@ -2676,9 +2732,30 @@ def return_error(message: str) -> None:
     demisto.results({"Type": 4, "ContentsFormat": "text", "Contents": message})
 
 
+def server_reports_metrics() -> bool:
+    """Servers 6.8.0 and newer take API-execution-metrics entries."""
+    try:
+        version = str((demisto.demistoVersion() or {}).get("version") or "")
+    except Exception:  # an older platform without demistoVersion()
+        return False
+    parts = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    return bool(parts) and parts >= METRICS_MIN_SERVER_VERSION
+
+
+def report_api_metrics(command: str, client: Client | None) -> None:
+    """One metrics entry after a command that called the API; never for test-module and fetch-incidents,
+    whose results the platform reads as the test outcome and the incidents."""
+    if client is None or command in ("test-module", "fetch-incidents"):
+        return
+    entry = client.metrics.entry()
+    if entry and server_reports_metrics():
+        demisto.results(entry)
+
+
 def main(clock: Clock = SYSTEM_CLOCK) -> None:
     command = demisto.command()
     log_debug(f"Command being called is {command}")
+    client = None
     try:
         spec = COMMANDS.get(command)
         if spec is None:
@@ -2691,6 +2768,7 @@ def main(clock: Clock = SYSTEM_CLOCK) -> None:
     except Exception as exc:  # never a traceback in the War Room
         demisto.debug(REDACT(f"{command} failed: {type(exc).__name__}: {exc}"))
         return_error(REDACT(f"Failed to execute {command}: {type(exc).__name__}: {exc}"))
+    report_api_metrics(command, client)
 
 
 if __name__ in ("__main__", "__builtin__", "builtins"):

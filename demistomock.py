@@ -25,6 +25,10 @@ def results(results) -> None:
     _runtime.current().results(results)
 
 
+def demistoVersion() -> dict:
+    return _runtime.current().demisto_version()
+
+
 def getIntegrationContext() -> dict:
     return _runtime.current().store.get_context()
 

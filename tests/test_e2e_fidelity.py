@@ -35,3 +35,20 @@ def test_enrichment_playbook_call_reads_every_evidence_path(lab):
     declared = [o["contextPath"].removeprefix(EVIDENCE_PREFIX) for o in command["outputs"]
                 if o["contextPath"].startswith(EVIDENCE_PREFIX)]
     assert [field for field in declared if all(item.get(field) is None for item in evidence)] == []
+
+
+def test_api_call_metrics_reach_the_cli_only_with_verbose(lab):
+    instance = lab.instances["client-credentials"]
+    quiet = lab.mde.run(instance, "microsoft-atp-get-machines", "page_size=5")
+    verbose = lab.mde.run(instance, "microsoft-atp-get-machines", "page_size=5", options=("--verbose",))
+    assert quiet.returncode == verbose.returncode == 0, quiet.stderr + verbose.stderr
+    assert "[metrics]" not in quiet.stdout + quiet.stderr
+    assert "[metrics] API calls: Successful 1" in verbose.stderr
+
+
+def test_endpoint_context_has_the_originals_status_and_os_version(lab):
+    machine = as_list(run_json(lab, "microsoft-atp-get-machines", "page_size=50",
+                               "health_status=Active")["MicrosoftATP.Machine"])[0]
+    endpoint = as_list(run_json(lab, "endpoint", f"id={machine['ID']}")["Endpoint"])[0]
+    assert endpoint["Status"] == "Online"
+    assert endpoint["OSVersion"] == f"{machine.get('OSVersion')} {machine['OSProcessor']} bit"

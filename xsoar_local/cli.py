@@ -27,6 +27,7 @@ from xsoar_local.yml import FETCH_INCIDENTS, TEST_MODULE, Argument, Command, Int
 DEFAULT_INTEGRATION = "MicrosoftDefenderForEndpoint.yml"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
 ENTRY_ERROR = 4
+ENTRY_EXECUTION_METRICS = 19  # API calls by outcome, for XSOAR's API Execution Metrics dashboard
 DEFAULT_NEXT_RUN = 30.0
 DEFAULT_POLL_TIMEOUT = 600.0
 ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -80,7 +81,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", action="store_true", help="print the entries' context (EntryContext) as JSON")
     output.add_argument("--raw", action="store_true", help="print the entries' raw Contents")
     parser.add_argument("--verbose", "-v", action="store_true",
-                        help="show the plugin's debug log, full intermediate polling results and tracebacks")
+                        help="show the plugin's debug log, API call counts, full intermediate polling results "
+                             "and tracebacks")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="base directory for saved state (default: $MDE_STATE_DIR or ~/.local/state/mde); "
                              "an instance's state goes to DIR/<instance name>/")
@@ -285,6 +287,9 @@ class Session:
             elif entry.get("Type") == ENTRY_ERROR:
                 self.failed = True
                 print(f"error: {entry.get('Contents')}", file=sys.stderr)
+            elif entry.get("Type") == ENTRY_EXECUTION_METRICS:
+                if self.options.verbose:
+                    print(f"[metrics] API calls: {metrics_summary(entry)}", file=sys.stderr)
             elif entry.get("FileID"):
                 self.save_file(entry)
             elif self.options.raw and final:
@@ -347,6 +352,11 @@ class Progress:
             self.stream.write("\r\x1b[K")
             self.stream.flush()
             self.showing = False
+
+
+def metrics_summary(entry: dict) -> str:
+    counts = [f"{m.get('Type')} {m.get('APICallsCount')}" for m in entry.get("APIExecutionMetrics") or []]
+    return ", ".join(counts) or "none"
 
 
 def _entry_text(entry: dict) -> str | None:
