@@ -17,8 +17,8 @@ from pathlib import Path
 
 import yaml
 
-from xsoar_local.docs import IMPLICIT_COMMANDS, _cell, _row
-from xsoar_local.package import DEFAULT_YML, PackageError, check_script_imports
+from xsoar_local.docs import IMPLICIT_COMMANDS, _cell, table
+from xsoar_local.package import DEFAULT_YML, PackageError, checked_script
 from xsoar_local.yml import Command, Integration, load_integration
 
 PACK_NAME = "MicrosoftDefenderForEndpoint"
@@ -77,12 +77,11 @@ def description_md(integration: Integration) -> str:
 # ---- the integration README, in the format of `demisto-sdk generate-docs` ----
 
 def integration_readme(integration: Integration) -> str:
-    lines = [" ".join(integration.description.split()), "",
-             f"## Configure {integration.display} in Cortex", "",
-             "| **Parameter** | **Description** | **Required** |", "| --- | --- | --- |"]
-    lines += [_row(p.get("display") or p.get("displaypassword") or p["name"], p.get("additionalinfo", ""),
-                   str(bool(p.get("required"))))
-              for p in integration.raw.get("configuration") or [] if not p.get("hidden")]
+    lines = [" ".join(integration.description.split()), "", f"## Configure {integration.display} in Cortex", ""]
+    lines += table(("**Parameter**", "**Description**", "**Required**"),
+                   [(p.get("display") or p.get("displaypassword") or p["name"], p.get("additionalinfo", ""),
+                     str(bool(p.get("required")))) for p in integration.raw.get("configuration") or []
+                    if not p.get("hidden")], empty="This integration has no parameters.")
     lines += ["", "## Commands", "",
               "You can execute these commands from the CLI, as part of an automation, or in a playbook.",
               "After you successfully execute a command, a DBot message appears in the War Room with the command "
@@ -96,18 +95,13 @@ def integration_readme(integration: Integration) -> str:
 def readme_command_section(command: Command) -> list[str]:
     lines = [f"### {command.name}", "", "***", _cell(command.description), "",
              "#### Base Command", "", f"`{command.name}`", "", "#### Input", ""]
-    if command.arguments:
-        lines += ["| **Argument Name** | **Description** | **Required** |", "| --- | --- | --- |"]
-        lines += [_row(a.name, _argument_text(a), "Required" if a.required else "Optional")
-                  for a in command.arguments]
-    else:
-        lines.append("There are no input arguments for this command.")
+    lines += table(("**Argument Name**", "**Description**", "**Required**"),
+                   [(a.name, _argument_text(a), "Required" if a.required else "Optional") for a in command.arguments],
+                   empty="There are no input arguments for this command.")
     lines += ["", "#### Context Output", ""]
-    if command.outputs:
-        lines += ["| **Path** | **Type** | **Description** |", "| --- | --- | --- |"]
-        lines += [_row(o.context_path, o.type, o.description) for o in command.outputs]
-    else:
-        lines.append("There is no context output for this command.")
+    lines += table(("**Path**", "**Type**", "**Description**"),
+                   [(o.context_path, o.type, o.description) for o in command.outputs],
+                   empty="There is no context output for this command.")
     return lines + [""]
 
 
@@ -167,11 +161,7 @@ def _dump_yml(data: dict) -> str:
 
 def build_pack(yml_path: Path, out_dir: Path) -> Path:
     integration = load_integration(yml_path)
-    script_path = integration.script_path
-    if script_path is None or not script_path.exists():
-        raise PackageError(f"no integration code next to {yml_path} (expected {yml_path.with_suffix('.py').name})")
-    source = script_path.read_text(encoding="utf-8")
-    check_script_imports(source, script_path, integration.raw["script"]["dockerimage"])
+    source = checked_script(integration, integration.raw["script"]["dockerimage"])
     pack = out_dir / "Packs" / PACK_NAME
     name = yml_path.stem
     folder = pack / "Integrations" / name

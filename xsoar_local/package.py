@@ -15,7 +15,7 @@ from pathlib import Path
 
 import yaml
 
-from xsoar_local.yml import load_integration
+from xsoar_local.yml import Integration, load_integration
 
 DEFAULT_YML = "MicrosoftDefenderForEndpoint.yml"
 # What the docker image provides besides the standard library (urllib3 comes with requests).
@@ -46,25 +46,27 @@ def disallowed_imports(source: str, filename: str = "<integration>") -> list[str
     return found
 
 
-def check_script_imports(source: str, script_path: Path, docker_image: str) -> None:
+def checked_script(integration: Integration, docker_image: str) -> str:
+    """The integration's code, refused if it imports what the docker image may not have."""
+    script_path, yml_path = integration.script_path, integration.yml_path
+    if script_path is None or not script_path.exists():
+        raise PackageError(f"no integration code next to {yml_path} (expected {yml_path.with_suffix('.py').name})")
+    source = script_path.read_text(encoding="utf-8")
     bad = disallowed_imports(source, str(script_path))
     if bad:
         raise PackageError(f"{script_path.name} imports modules the docker image {docker_image} may not have: "
                            f"{', '.join(bad)}; use only the standard library, requests, msal and cryptography")
+    return source
 
 
 def unified_yml(yml_path: Path, docker_image: str | None = None) -> tuple[str, dict]:
     """`docker_image` None keeps the yml's own image (a demisto/crypto tag that carries requests, msal and cryptography)."""
     integration = load_integration(yml_path)
     docker_image = docker_image or (integration.raw.get("script") or {}).get("dockerimage") or ""
-    script_path = integration.script_path
-    if script_path is None or not script_path.exists():
-        raise PackageError(f"no integration code next to {yml_path} (expected {yml_path.with_suffix('.py').name})")
-    source = script_path.read_text(encoding="utf-8")
-    check_script_imports(source, script_path, docker_image)
+    source = checked_script(integration, docker_image)
     source, removed = DEMISTOMOCK_IMPORT.subn("", source)
     if re.search(r"^\s*(import|from)\s+demistomock\b", source, re.MULTILINE) or not removed:
-        raise PackageError(f"{script_path.name} must import the platform as exactly `import demistomock as demisto`")
+        raise PackageError(f"{integration.script_path.name} must import the platform as exactly `import demistomock as demisto`")
     data = dict(integration.raw)
     data["script"] = {**(data.get("script") or {}), "script": source, "dockerimage": docker_image}
     return f"integration-{yml_path.stem}.yml", data
