@@ -6,6 +6,7 @@ engineer runs first, then stops the emulator. Exits non-zero if any step fails.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -111,7 +112,17 @@ def alerts_and_fetch(t: Tour, ready: dict) -> None:
     t.run("fetcher", "fetch")
 
 
-HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch]
+def block_a_hash(t: Tour, ready: dict) -> None:
+    t.step("Block a file hash everywhere (submit again: Microsoft updates the same indicator), then list it")
+    sha256 = hashlib.sha256(b"IR-1042 dropper").hexdigest()
+    block = ("microsoft-atp-sc-indicator-create", f"indicator_value={sha256}", "indicator_type=FileSha256",
+             "indicator_title=IR-1042 dropper", "indicator_description=Dropper seen in IR-1042", "severity=High")
+    t.run("client-credentials", *block, "action=Block")
+    t.run("client-credentials", *block, "action=BlockAndRemediate")
+    t.run("client-credentials", "microsoft-atp-sc-indicator-list", f"indicator_value={sha256}")
+
+
+HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch, block_a_hash]
 
 
 def main() -> int:
