@@ -174,6 +174,28 @@ def test_polling_times_out(env, capsys):
     assert sum(clock.sleeps) == 60
 
 
+@pytest.mark.parametrize(("scale", "waits"), [("", [10.0]), ("1", [10.0]), ("0.25", [2.5]), ("0", [])])
+def test_poll_wait_is_scaled_by_the_environment(monkeypatch, scale, waits):
+    monkeypatch.setenv(cli.POLL_WAIT_SCALE_ENV, scale)
+    slept = []
+    cli.poll_wait(10, sleep=slept.append)
+    assert slept == waits
+
+
+def test_polling_runs_rounds_back_to_back_when_the_wait_scale_is_zero(env, capsys, monkeypatch):
+    monkeypatch.setenv(cli.POLL_WAIT_SCALE_ENV, "0")
+    base = ["--integration", str(FAKE_YML), "--state-dir", str(env / "state"), "--instance", str(env / "tenant.yml")]
+    assert cli.main([*base, "fake-poll", "action_id=a1"], clock=FakeClock()) == 0  # the real sleep, never called
+    assert "Action a1 is Succeeded" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scale", ["fast", "-1", "nan", "inf"])
+def test_a_bad_poll_wait_scale_is_named(monkeypatch, scale):
+    monkeypatch.setenv(cli.POLL_WAIT_SCALE_ENV, scale)
+    with pytest.raises(ValueError, match=f"MDE_POLL_WAIT_SCALE must be a number of 0 or more \\(got '{scale}'\\)"):
+        cli.poll_wait(10, sleep=lambda seconds: None)
+
+
 def test_fetch_prints_incidents_and_saves_the_cursor(env, capsys):
     code, out, _ = mde(env, capsys, "fetch")
     assert code == 0

@@ -94,7 +94,24 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time.sleep,
+POLL_WAIT_SCALE_ENV = "MDE_POLL_WAIT_SCALE"
+
+
+def poll_wait(seconds: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """The wait between polling rounds, times $MDE_POLL_WAIT_SCALE (default 1; 0 = no wait: tests that move
+    the emulator's clock themselves)."""
+    value = os.environ.get(POLL_WAIT_SCALE_ENV, "").strip() or "1"
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = -1.0
+    if not 0 <= scale < float("inf"):
+        raise ValueError(f"{POLL_WAIT_SCALE_ENV} must be a number of 0 or more (got '{value}')")
+    if seconds * scale > 0:
+        sleep(seconds * scale)
+
+
+def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = poll_wait,
          clock: Callable[[], float] = time.monotonic) -> int:
     parser = build_parser()
     options = parser.parse_intermixed_args(argv)
@@ -264,7 +281,8 @@ class Session:
             print(json.dumps(merge_context(all_entries), indent=2, default=str))
 
     def fetch(self, instance: Instance) -> None:
-        runtime = self.run_plugin(instance, FETCH_INCIDENTS, {})
+        with self.store.fetch_lock():  # XSOAR runs one fetch per instance at a time
+            runtime = self.run_plugin(instance, FETCH_INCIDENTS, {})
         self.show_entries(FETCH_INCIDENTS, runtime.entries, final=True)
         incidents = runtime.incidents or []
         if self.options.json:
@@ -274,7 +292,9 @@ class Session:
             rows += [[str(i.get("name", "")), str(i.get("occurred", "")), str(i.get("severity", ""))]
                      for i in incidents]
             print("\n".join(render_table(rows, terminal_width())))
-        summary = f"fetched {len(incidents)} incident(s); last run saved in {self.store.directory}"
+        saved = (f"last run saved in {self.store.directory}" if runtime.last_run_saved
+                 else "last run not saved (the next fetch starts from the same point)")
+        summary = f"fetched {len(incidents)} incident(s); {saved}"
         print(summary, file=sys.stderr if self.options.json else sys.stdout)
 
     # ------------------------------------------------------------ output
