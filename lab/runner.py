@@ -2,15 +2,52 @@
 
 from __future__ import annotations
 
+import os
 import shlex
 import subprocess
 import sys
+import tempfile
+import threading
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
 from lab.emulator import clean_env
 
 REPO = Path(__file__).resolve().parent.parent
+
+
+@dataclass
+class Measured:
+    """A finished process: its exit status and output, and what it cost (its own rusage, not its parent's)."""
+
+    argv: list[str]
+    returncode: int
+    stdout: str
+    stderr: str
+    cpu_seconds: float  # user + system
+    wall_seconds: float
+    peak_mib: float  # maximum resident set size
+
+
+def run_measured(argv: list[str], *, env: dict[str, str], cwd: Path = REPO, timeout: float = 600) -> Measured:
+    """Run `argv` to completion and read its resource usage with wait4 (subprocess.run would discard it)."""
+    with tempfile.TemporaryFile() as out, tempfile.TemporaryFile() as err:
+        started = time.monotonic()
+        process = subprocess.Popen(argv, stdout=out, stderr=err, stdin=subprocess.DEVNULL, env=env, cwd=cwd)
+        killer = threading.Timer(timeout, process.kill)
+        killer.start()
+        try:
+            _, status, usage = os.wait4(process.pid, 0)
+        finally:
+            killer.cancel()
+        process.returncode = os.waitstatus_to_exitcode(status)  # reaped here: Popen must not wait again
+        wall = time.monotonic() - started
+        out.seek(0)
+        err.seek(0)
+        return Measured(argv, process.returncode, out.read().decode("utf-8", "replace"),
+                        err.read().decode("utf-8", "replace"), usage.ru_utime + usage.ru_stime, wall,
+                        usage.ru_maxrss / 1024)  # Linux reports KiB
 
 
 @dataclass
@@ -34,6 +71,11 @@ class Mde:
         if instance:
             line += ["--instance", str(instance)]
         return [*line, *options, command, *args]
+
+    def run_measured(self, instance: Path | None, command: str, *args: str, options: tuple[str, ...] = (),
+                     extra_env: dict[str, str] | None = None) -> Measured:
+        return run_measured(self._argv(self.command_line(instance, command, *args, options=options)),
+                            env=clean_env(**self.env, **(extra_env or {})), timeout=self.timeout)
 
     def run(self, instance: Path | None, command: str, *args: str, options: tuple[str, ...] = (),
             check: bool = False) -> subprocess.CompletedProcess:

@@ -20,8 +20,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from urllib.parse import urlparse
 
-import yaml
-
+from xsoar_local.cache import YamlError, load_yml
 from xsoar_local.yml import BOOLEAN_PARAM, Integration
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -41,9 +40,11 @@ class Instance:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_instance(path: str | Path, integration: Integration | None = None, environ: dict | None = None) -> Instance:
+def load_instance(path: str | Path, integration: Integration | None = None, environ: dict | None = None,
+                  cache_dir: Path | None = None) -> Instance:
+    """With `cache_dir`, a YAML file's parsed form is kept there (0600, like the saved tokens) while it is unchanged."""
     path = Path(path)
-    data = _parse(path)
+    data = _parse(path, cache_dir)
     environ = dict(os.environ if environ is None else environ)
     warnings = [f"warning: {path}: unknown top-level key '{k}' (expected name, params, env)"
                 for k in data if k not in KNOWN_KEYS]
@@ -58,7 +59,7 @@ def load_instance(path: str | Path, integration: Integration | None = None, envi
     return Instance(path=path, name=str(data.get("name") or path.stem), params=params, env=env, warnings=warnings)
 
 
-def _parse(path: Path) -> dict:
+def _parse(path: Path, cache_dir: Path | None) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
@@ -71,7 +72,7 @@ def _parse(path: Path) -> dict:
     if path.suffix.lower() == ".json" or (path.suffix.lower() not in (".yml", ".yaml") and text.lstrip()[:1] == "{"):
         data = _parse_json(path, text)
     else:
-        data = _parse_yaml(path, text)
+        data = _parse_yaml(path, text, cache_dir)
     if not isinstance(data, dict):
         raise InstanceError(f"{path}: an instance file is a mapping with a 'params:' key")
     return data
@@ -84,14 +85,12 @@ def _parse_json(path: Path, text: str) -> object:
         raise InstanceError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from e
 
 
-def _parse_yaml(path: Path, text: str) -> object:
+def _parse_yaml(path: Path, text: str, cache_dir: Path | None) -> object:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        where = f"{mark.line + 1}:{mark.column + 1}:" if mark else ""
-        raise InstanceError(f"{path}:{where} malformed YAML: {problem}") from e
+        return load_yml(text.encode("utf-8"), cache_dir, kind="instance-" + re.sub(r"[^A-Za-z0-9_.]", "_", path.stem))
+    except YamlError as e:
+        where = f"{e.line}:{e.column}:" if e.line else ""
+        raise InstanceError(f"{path}:{where} malformed YAML: {e.problem}") from e
 
 
 def _mapping(data: dict, key: str, path: Path) -> dict:
