@@ -557,9 +557,18 @@ class MsalHttpClient:
     bounded retries (via the injected clock) when Entra answers 5xx or the connection fails."""
 
     def __init__(self, session: requests.Session, network: Network, timeout: tuple[float, float], clock: Clock,
-                 retry_connection_errors: bool = True):
+                 retry_connection_errors: bool = True, single_use_grants: bool = False):
         self.session, self.network, self.timeout, self.clock = session, network, timeout, clock
         self.retry_connection_errors = retry_connection_errors
+        # An authorization code or a rotating refresh token is spent once Entra reads it: a POST that may have been
+        # sent (read timeout, connection dropped) is not sent again, or the replay fails with invalid_grant.
+        self.single_use_grants = single_use_grants
+
+    def _may_retry(self, method: str, exc: requests.RequestException) -> bool:
+        if not self.retry_connection_errors or isinstance(exc, requests.exceptions.SSLError):
+            return False
+        never_sent = isinstance(exc, requests.ConnectTimeout) or "Failed to establish a new connection" in str(exc)
+        return never_sent or not (self.single_use_grants and method == "POST")
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
@@ -569,7 +578,7 @@ class MsalHttpClient:
                 response = self.session.request(method, url, verify=self.network.verify,
                                                 proxies=self.network.proxies, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if delay is None or not self.retry_connection_errors or isinstance(exc, requests.exceptions.SSLError):
+                if delay is None or not self._may_retry(method, exc):
                     raise
                 log_debug(f"{method} {where}: {type(exc).__name__}; retry {attempt} in {delay:.0f}s")
             else:
@@ -725,9 +734,12 @@ class TokenProvider:
         """A new token: (access token, lifetime in seconds, refresh token or None, other state to save)."""
         raise NotImplementedError
 
+    single_use_grants = False  # the flow redeems codes or rotating refresh tokens (see MsalHttpClient)
+
     def _http_client(self, timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT), *,
                      retry_connection_errors: bool = True) -> MsalHttpClient:
-        return MsalHttpClient(self.session, self.network, timeout, self.clock, retry_connection_errors)
+        return MsalHttpClient(self.session, self.network, timeout, self.clock, retry_connection_errors,
+                              self.single_use_grants)
 
     def _token_from(self, result: dict, what: str) -> tuple[str, int, str | None, dict]:
         if "access_token" not in result:
@@ -837,6 +849,7 @@ class ClientCredentialsProvider(MsalConfidentialProvider):
 
 class AuthorizationCodeProvider(MsalConfidentialProvider):
     flow = FLOW_AUTH_CODE
+    single_use_grants = True
     settings: AuthorizationCodeSettings
 
     def validate(self) -> None:
@@ -1067,7 +1080,7 @@ def api_error_from(response: requests.Response, method: str, path: str) -> ApiEr
     else:
         message = (response.text or response.reason or "")[:500]
     status = response.status_code
-    retried = "it was retried. " if method == "GET" else ""
+    retried = "it was retried. " if method == "GET" and status in RETRYABLE_STATUSES else ""
     hint = STATUS_HINTS.get(status, f"Microsoft's service failed; {retried}Try again later." if status >= 500 else "")
     text = f"{method} {path} failed with HTTP {status}{' ' + code if code else ''}: {message}".rstrip(": ")
     if hint:
@@ -1256,6 +1269,9 @@ class Transport:
                 remaining -= len(taken)
             next_link = body.get("@odata.nextLink")
             if next_link:
+                if not same_origin(next_link, url if url.startswith("https://") else self.api_url):
+                    log_debug(f"GET {path}: not following a next link to another host ({_display_path(next_link)})")
+                    return
                 if next_link in seen_links:
                     return
                 seen_links.add(next_link)
@@ -1300,6 +1316,12 @@ def segment(value: Any, name: str) -> str:
         raise ArgumentError(f"{name} cannot be used as '{text}': it must not be empty, '.' or '..', nor contain "
                             "/, \\, ?, # or %.")
     return quote(text, safe="")
+
+
+def same_origin(url: str, reference: str) -> bool:
+    """Whether `url` is on the host that was asked (the bearer token goes only there)."""
+    target, origin = urlparse(url), urlparse(reference)
+    return target.scheme == "https" and (target.hostname, target.port) == (origin.hostname, origin.port)
 
 
 def _display_path(url: str) -> str:
@@ -1549,13 +1571,18 @@ class ODataFilter:
 
     def any_of(self, *alternatives: "ODataFilter") -> "ODataFilter":
         """One clause that holds when any of the alternatives holds: `(a) or (b)`; empty ones are skipped."""
-        built = [clause for clause in (alternative.build() for alternative in alternatives) if clause]
-        if len(built) == 1:
-            self.clauses.append(built[0])
+        built = [alternative for alternative in alternatives if alternative.clauses]
+        if len(built) == 1:  # kept as it is, an `or` group with its parentheses
+            if built[0].is_or_group():
+                self.or_groups.add(len(self.clauses))
+            self.clauses.append(" and ".join(built[0].clauses))
         elif built:
             self.or_groups.add(len(self.clauses))
-            self.clauses.append("(" + " or ".join(f"({clause})" for clause in built) + ")")
+            self.clauses.append("(" + " or ".join(f"({' and '.join(b.clauses)})" for b in built) + ")")
         return self
+
+    def is_or_group(self) -> bool:
+        return len(self.clauses) == 1 and self.or_groups == {0}
 
     def verbatim(self, clause: str | None) -> "ODataFilter":
         """A clause the user wrote in OData (e.g. the `filters` argument), kept whole in parentheses."""
@@ -1564,7 +1591,7 @@ class ODataFilter:
         return self
 
     def build(self) -> str | None:
-        if self.clauses == self.clauses[:1] and self.or_groups == {0}:
+        if self.is_or_group():
             return self.clauses[0][1:-1]  # a lone `or` group needs no outer parentheses
         return " and ".join(self.clauses) or None
 
@@ -2234,9 +2261,10 @@ class MachineActionsApi:
     def offboard_machine(self, machine_id: str, comment: str) -> dict:
         return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/offboard", json_body={"Comment": comment})
 
-    def list_machine_actions(self, *, odata_filter: str | None = None, limit: int | None = None) -> list[dict]:
+    def list_machine_actions(self, *, odata_filter: str | None = None, limit: int | None = None,
+                             offset: int = 0) -> list[dict]:
         params = {"$filter": odata_filter} if odata_filter else {}
-        return list(self.paginate("machineactions", params, limit=limit))
+        return list(self.paginate("machineactions", params, limit=limit, offset=offset))
 
     def cancel_machine_action(self, action_id: str, comment: str) -> dict:
         return self.request("POST", f"machineactions/{segment(action_id, 'action_id')}/cancel", json_body={"Comment": comment})
@@ -2272,8 +2300,8 @@ def list_machine_actions_details_command(client: "Client", args: dict) -> Comman
     odata.eq("type", arg_choice(args.get("type"), "type", ACTION_TYPES))
     odata.eq("requestor", str(args.get("requestor") or "").strip())
     odata.verbatim(extra_filter_arg(args))
-    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=1)
-    actions = client.list_machine_actions(odata_filter=odata.build(), limit=limit)
+    paging = paging_args(args)
+    actions = client.list_machine_actions(odata_filter=odata.build(), limit=paging.limit, offset=paging.offset)
     return entity_result(MACHINE_ACTION, actions, "Machine actions")
 
 
@@ -2318,6 +2346,7 @@ class ActionCommand:
 class ActionTarget:
     machine_id: str
     file_sha1: str = ""
+    comment: str = ""  # what the request said; identifies the action if the answer to it was lost
 
 
 @dataclass
@@ -2361,7 +2390,8 @@ def find_action(client: "Client", command: ActionCommand, target: ActionTarget, 
              .eq("type", command.action_type).one_of("status", statuses)
              .compare("creationDateTimeUtc", "ge", created_since))
     candidates = [action for action in client.list_machine_actions(odata_filter=odata.build())
-                  if same_file(action, target.file_sha1)]
+                  if same_file(action, target.file_sha1)
+                  and (created_since is None or not target.comment or action.get("requestorComment") == target.comment)]
     return max(candidates, key=_created, default=None)
 
 
@@ -2529,7 +2559,8 @@ def run_machine_action(client: "Client", args: dict, command: ActionCommand, tar
 
 
 def machine_targets(args: dict) -> list[ActionTarget]:
-    return [ActionTarget(machine_id) for machine_id in machine_ids_arg(args)]
+    comment = str(args.get("comment") or "").strip()
+    return [ActionTarget(machine_id, comment=comment) for machine_id in machine_ids_arg(args)]
 
 
 ISOLATE = ActionCommand("microsoft-atp-isolate-machine", "Isolate")
@@ -2589,7 +2620,7 @@ def stop_and_quarantine_file_command(client: "Client", args: dict) -> Any:
     hashes = list(dict.fromkeys(validate_sha1(value) for value in arg_to_list(args.get("file_hash"))))
     if not hashes:
         raise ArgumentError("file_hash is required: one or more SHA-1 hashes, comma-separated.")
-    targets = [ActionTarget(machine_id, sha1) for machine_id in machine_ids_arg(args) for sha1 in hashes]
+    targets = [ActionTarget(machine_id, sha1, comment) for machine_id in machine_ids_arg(args) for sha1 in hashes]
     return run_machine_action(client, args, QUARANTINE, targets, lambda target: client.stop_and_quarantine_file(
         target.machine_id, comment, target.file_sha1))
 
