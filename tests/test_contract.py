@@ -223,3 +223,13 @@ def test_fetch_parameters_are_the_platforms_shape_and_the_old_first_fetch_name_s
     assert configured["first_fetch"]["type"] == 0 and not configured["first_fetch"].get("hidden")
     legacy = configured["first_fetch_timestamp"]
     assert legacy.get("hidden") and "defaultvalue" not in legacy  # a new instance carries only first_fetch
+
+
+def test_reputation_commands_describe_dbotscore_as_the_platform_requires():
+    """demisto-sdk's IN101: reputation commands carry the platform's own DBotScore descriptions."""
+    standard = {"DBotScore.Indicator": "The indicator that was tested.", "DBotScore.Type": "The indicator type.",
+                "DBotScore.Vendor": "The vendor used to calculate the score.", "DBotScore.Score": "The actual score."}
+    reputation = [YML_COMMANDS[name] for name in ("file", "ip", "url", "domain", "cve") if name in YML_COMMANDS]
+    for command in reputation:
+        described = {o["contextPath"]: o.get("description") for o in command.get("outputs") or []}
+        assert {path: described.get(path) for path in standard} == standard, command["name"]
