@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -1663,6 +1664,11 @@ class EntitySpec:
         return replace(self, **changes)
 
 
+# Short values (statuses, platforms, scores, group names) repeat across records; one shared copy of each keeps a
+# 50,000-machine listing inside its memory budget.
+SHARED_VALUE_MAX = 16
+
+
 def to_context(record: dict | None, spec: EntitySpec) -> dict:
     """Maps one API record to context keys with the entity's field table; unknown fields are dropped."""
     if not isinstance(record, dict) or not record:
@@ -1679,7 +1685,7 @@ def to_context(record: dict | None, spec: EntitySpec) -> dict:
                 value = [to_context(item, nested) if isinstance(item, dict) else item for item in value]
             elif isinstance(value, dict):
                 value = to_context(value, nested)
-        mapped[key] = value
+        mapped[key] = sys.intern(value) if type(value) is str and len(value) <= SHARED_VALUE_MAX else value
     if spec.derived:
         mapped.update(spec.derived(record))
     return mapped
