@@ -797,9 +797,8 @@ class MsalConfidentialProvider(TokenProvider):
         except IntegrationError:
             raise
         except requests.RequestException as exc:
-            raise AuthError(f"Could not reach the Microsoft login service at {self.settings.cloud.login_host} "
-                            f"({type(exc).__name__}). Check the network, the proxy settings and the Endpoint "
-                            "Type.") from exc
+            raise AuthError("Could not reach the Microsoft login service: " + connection_error_message(
+                exc, self.settings.cloud.login_host, check=LOGIN_HOST_CHECK)) from exc
         except Exception as exc:  # msal and PyJWT raise ValueError, MsalServiceError, InvalidKeyError, ...
             raise AuthError(REDACT(self._explain(exc, what))) from exc
 
@@ -1092,7 +1091,12 @@ def api_error_from(response: requests.Response, method: str, path: str) -> ApiEr
                     ambiguous=method != "GET" and status >= 500)
 
 
-def connection_error_message(exc: requests.RequestException, url: str) -> str:
+API_HOST_CHECK = "Check Server URL / Endpoint Type"
+LOGIN_HOST_CHECK = "Check the Endpoint Type and, for a Custom endpoint, the Login URL parameter (login_url)"
+
+
+def connection_error_message(exc: requests.RequestException, url: str, check: str = API_HOST_CHECK) -> str:
+    """What went wrong on the way to a host, and which setting to look at."""
     host = urlparse(url).netloc
     if isinstance(exc, requests.exceptions.SSLError):
         return (f"TLS certificate verification failed for {host}. If a proxy re-signs traffic, point "
@@ -1100,8 +1104,8 @@ def connection_error_message(exc: requests.RequestException, url: str) -> str:
     if isinstance(exc, requests.exceptions.ProxyError):
         return f"The proxy refused the connection to {host}. Check the system proxy, or clear 'Use system proxy'."
     if isinstance(exc, requests.Timeout):
-        return f"Timed out talking to {host}. Check Server URL / Endpoint Type and that the host is reachable."
-    return f"Could not connect to {host} ({type(exc).__name__}). Check Server URL / Endpoint Type and the network."
+        return f"Timed out talking to {host}. {check} and that the host is reachable."
+    return f"Could not connect to {host} ({type(exc).__name__}). {check} and the network."
 
 
 # XSOAR's "API Execution Metrics" dashboard: entry type 19, one count per outcome (the platform's names).
