@@ -1630,14 +1630,18 @@ class Paging:
     offset: int
 
 
-def paging_args(args: dict, default_limit: int = 50) -> Paging:
-    """The paging arguments every list command shares. `all_results` walks every match; `limit` with `offset`
-    (or with `page`, counted in pages of `limit`) gives a slice; `page_size` with `page_num` is the same in
-    pages; without any of them, the first `default_limit` records."""
+def paging_args(args: dict, default_limit: int = 50, *, zero_means_all: bool = False) -> Paging:
+    """The paging arguments every list command shares. `all_results` (or `limit=0` where the command says so)
+    walks every match; `limit` with `offset` (`skip` in the indicator commands, or `page` counted in pages of
+    `limit`) gives a slice; `page_size` with `page_num` is the same in pages; without any of them, the first
+    `default_limit` records."""
     if arg_to_bool(args.get("all_results"), "all_results"):
         return Paging(None, 0)
-    limit = arg_to_int(args.get("limit"), "limit", minimum=1)
-    offset = arg_to_int(args.get("offset"), "offset", minimum=0)
+    limit = arg_to_int(args.get("limit"), "limit", minimum=0 if zero_means_all else 1)
+    offset_name = "skip" if args.get("offset") in (None, "") and "skip" in args else "offset"
+    offset = arg_to_int(args.get(offset_name), offset_name, minimum=0)
+    if limit == 0:
+        return Paging(None, int(offset or 0))
     page = arg_to_int(args.get("page"), "page", minimum=1)
     page_size = arg_to_int(args.get("page_size"), "page_size", minimum=1, maximum=MAX_PAGE_SIZE)
     page_num = arg_to_int(args.get("page_num"), "page_num", minimum=1)
@@ -3432,12 +3436,11 @@ def sc_update_indicator_command(client: "Client", args: dict) -> CommandResult:
 
 @command("microsoft-atp-sc-indicator-list", TI_ROLES)
 def sc_list_indicators_command(client: "Client", args: dict) -> CommandResult:
-    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=0)
-    skip = arg_to_int(args.get("skip"), "skip", default=0, minimum=0)
+    paging = paging_args(args, zero_means_all=True)
     kind = arg_choice(args.get("indicator_type"), "indicator_type", INDICATOR_TYPES)
     odata = (ODataFilter(INDICATOR_FILTER_FIELDS).eq("indicatorValue", str(args.get("indicator_value") or "").strip())
              .eq("title", str(args.get("indicator_title") or "").strip()).eq("indicatorType", kind).build())
-    indicators = list(client.list_indicators(odata_filter=odata, limit=limit or None, offset=int(skip)))
+    indicators = list(client.list_indicators(odata_filter=odata, limit=paging.limit, offset=paging.offset))
     return indicators_result(indicators, "Indicators", empty_note=OWN_INDICATORS_NOTE)
 
 
