@@ -112,6 +112,7 @@ class Store:
         self.lock = threading.RLock()
         self.tenant_id = tenant_id
         self.now = now or dt.datetime.now(dt.timezone.utc)
+        self.seed = seed
         self.rng = random.Random(seed)
         self.machines: list[dict] = []
         self.machines_by_id: dict[str, dict] = {}

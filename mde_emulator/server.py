@@ -24,7 +24,7 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
-from . import admin, api_actions, api_alerts, api_machines
+from . import admin, api_actions, api_alerts, api_machines, api_tvm
 from .data import Store
 from .identity import EntraError, Identity
 from .web import PLAIN_JSON, ApiError, Request, Response, Route
@@ -167,7 +167,7 @@ class Emulator:
                            tenant_id=self.identity.tenant_id)
         self.package_key = uuid.uuid4().bytes
         self.routes: list[Route] = self._identity_routes() + api_machines.ROUTES + api_actions.ROUTES + \
-            api_alerts.ROUTES
+            api_alerts.ROUTES + api_tvm.ROUTES
         self.admin_routes = admin.ROUTES
 
     def _identity_routes(self) -> list[Route]:
