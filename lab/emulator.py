@@ -83,6 +83,10 @@ class Emulator:
     def set_faults(self, **faults: Any) -> dict:
         return self.admin("POST", "faults", faults)
 
+    def advance_clock(self, seconds: float) -> dict:
+        """Move the emulator's clock forward (action lifecycles, token expiry, rate-limit windows follow it)."""
+        return self.admin("POST", "clock", {"advance": seconds})
+
 
 def clean_env(**extra: str) -> dict[str, str]:
     """This process's environment without the variables that would redirect msal or requests."""

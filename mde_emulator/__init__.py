@@ -7,14 +7,16 @@ the CA bundle and fresh credentials. In Python: `with EmulatorServer(Options(...
 
 Modules:
     __main__      command line, ready file, signals
-    server        TLS server, routing, auth/permission checks, faults (429, 5xx, latency, drops), counters
+    server        TLS server, route registry (ROUTE_MODULES), auth/permission checks, faults, counters
     identity      Entra ID (discovery, token, authorize), oproxy, IMDS; JWT issuing and validation
     odata         $filter (odata-query grammar compiled to predicates), $orderby, $top, $skip, $select, paging
     data          deterministic seed data and the in-memory store
     api_machines  machines, logon users, tags, findbyip, file/domain/user -> machines
     api_actions   response actions and their clock-driven lifecycle, machineactions, investigation packages
-    api_alerts    alerts, updates, create by reference, related entities, investigations
-    admin         /admin endpoints (counters, faults, alert generation) and the background alert stream
+    api_alerts    alerts (also per machine), updates, create by reference, related entities, investigations
+    admin         /admin endpoints (counters, faults, clock, alert generation) and the background alert stream
+    clock         the controllable clock every time-dependent behaviour reads
+    common        request helpers shared by the api_* modules (machine lookup, body rules, patterns)
     web           request/response/route types and the API error shape
 """
 

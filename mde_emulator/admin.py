@@ -1,4 +1,4 @@
-"""Admin endpoints (no auth, loopback only): counters, faults, alert generation, internal machine state.
+"""Admin endpoints (no auth, loopback only): counters, faults, the clock, alert generation, internal machine state.
 
 Also the background alert stream (`--alert-stream RATE`).
 """
@@ -11,6 +11,7 @@ import random
 import threading
 from typing import TYPE_CHECKING
 
+from . import api_actions
 from .web import PLAIN_JSON, ApiError, Request, Response, Route
 
 if TYPE_CHECKING:
@@ -89,7 +90,7 @@ def generate_alerts(request: Request) -> Response:
 def add_alerts(emu: Emulator, count: int, *, same_timestamp: bool = False, offset_seconds: float = 0.0,
                severity: str | None = None, status: str | None = None, machine: dict | None = None) -> list[str]:
     """New alerts visible now; creation time = now + offset (negative: late arrival), distinct unless shared."""
-    now = dt.datetime.now(dt.timezone.utc)
+    now = emu.clock.utcnow()
     created = now + dt.timedelta(seconds=offset_seconds)
     ids = []
     for i in range(count):
@@ -99,7 +100,26 @@ def add_alerts(emu: Emulator, count: int, *, same_timestamp: bool = False, offse
     return ids
 
 
+def get_clock(request: Request) -> Response:
+    return _json(request.emu.clock.snapshot())
+
+
+def advance_clock(request: Request) -> Response:
+    """{"advance": seconds}: move the emulator's clock forward and let pending actions catch up."""
+    body = _body(request)
+    unknown = set(body) - {"advance"}
+    if unknown or "advance" not in body:
+        raise ApiError(400, "BadRequest", 'body must be {"advance": seconds}')
+    try:
+        request.emu.clock.advance(body["advance"])
+    except ValueError as exc:
+        raise ApiError(400, "BadRequest", str(exc)) from None
+    api_actions.advance_actions(request.emu)
+    return _json(request.emu.clock.snapshot())
+
+
 def machine_state(request: Request) -> Response:
+    api_actions.advance_actions(request.emu)
     store = request.emu.store
     machine = store.find_machine(request.params["id"])
     if machine is None:
@@ -122,16 +142,25 @@ ROUTES = [
     Route("POST", "/admin/faults", set_faults),
     Route("POST", "/admin/alerts/generate", generate_alerts),
     Route("GET", "/admin/machines/{id}", machine_state),
+    Route("GET", "/admin/clock", get_clock),
+    Route("POST", "/admin/clock", advance_clock),
 ]
 
 
 class AlertStream:
-    """Adds alerts over time: about `rate` per second, sometimes a burst sharing one timestamp, sometimes a late one
-    whose creation time is up to two minutes old."""
+    """Adds alerts as emulator time passes: about `rate` per second of the emulator's clock (so advancing the clock
+    produces the alerts of that period, at most MAX_BATCH per step), sometimes a burst sharing one timestamp,
+    sometimes a late one whose creation time is up to two minutes old. A background thread steps every TICK real
+    seconds; tests may call `step()` directly."""
+
+    TICK = 0.25
+    MAX_BATCH = 10000
 
     def __init__(self, emu: Emulator, rate: float, seed: int | None = None):
         self.emu, self.rate = emu, rate
         self.rng = random.Random(emu.options.seed + 7 if seed is None else seed)
+        self._last = emu.clock.now()
+        self._owed = 0.0  # fractional alerts carried between steps
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, name="alert-stream", daemon=True)
 
@@ -143,18 +172,22 @@ class AlertStream:
         self._thread.join(timeout=5)
 
     def _run(self) -> None:
-        tick = 0.25
-        while not self._stop.wait(tick):
-            expected = self.rate * tick
-            count = int(expected) + (1 if self.rng.random() < expected - int(expected) else 0)
-            if count == 0:
-                continue
-            roll = self.rng.random()
-            if roll < 0.1:
-                add_alerts(self.emu, count + self.rng.randint(2, 5), same_timestamp=True)
-            elif roll < 0.2:
-                add_alerts(self.emu, 1, offset_seconds=-self.rng.uniform(5, 120))
-                if count > 1:
-                    add_alerts(self.emu, count - 1)
-            else:
-                add_alerts(self.emu, count)
+        while not self._stop.wait(self.TICK):
+            self.step()
+
+    def step(self) -> int:
+        """Add the alerts due for the emulator time since the last step; returns how many."""
+        now = self.emu.clock.now()
+        self._owed = min(self._owed + self.rate * max(0.0, now - self._last), float(self.MAX_BATCH))
+        self._last = now
+        count = int(self._owed)
+        self._owed -= count
+        if count == 0:
+            return 0
+        roll = self.rng.random()
+        if roll < 0.1:
+            return len(add_alerts(self.emu, count + self.rng.randint(2, 5), same_timestamp=True))
+        if roll < 0.2:
+            late = add_alerts(self.emu, 1, offset_seconds=-self.rng.uniform(5, 120))
+            return len(late) + (len(add_alerts(self.emu, count - 1)) if count > 1 else 0)
+        return len(add_alerts(self.emu, count))

@@ -1,6 +1,6 @@
 """Defender API: response actions on machines and their lifecycle, machine actions, investigation packages.
 
-An action's life is driven by the clock: Pending, InProgress after half of the configured delay, then the
+An action's life is driven by the emulator's clock: Pending, InProgress after half of the configured delay, then the
 configured outcome after the full delay. `advance_actions` runs before every API request and applies the side
 effects of succeeded actions (isolation state, offboarding).
 """
@@ -11,13 +11,12 @@ import datetime as dt
 import hashlib
 import hmac
 import io
-import time
 import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 from urllib.parse import urlencode
 
-from .api_machines import SHA1_RE, check_body, get_machine
+from .common import SHA1_RE, check_body, get_machine
 from .odata import DATETIME, STR, Schema, format_datetime
 from .web import ApiError, Request, Response, Route, entity, not_found, require_body, serve_collection
 
@@ -71,16 +70,12 @@ ACTIONS = {
 ALL_ACTION_ROLES = tuple(sorted({r for kind in ACTIONS.values() for r in kind.roles}))
 
 
-def _now() -> dt.datetime:
-    return dt.datetime.now(dt.timezone.utc)
-
-
 def advance_actions(emu: Emulator) -> None:
     """Move non-final actions along their planned timeline and apply the effects of those that succeed."""
     store = emu.store
     if not store.action_plans:
         return
-    now = time.time()
+    now = emu.clock.now()
     with store.lock:
         for action_id, plan in list(store.action_plans.items()):
             action = store.actions_by_id[action_id]
@@ -150,7 +145,7 @@ def machine_action(request: Request) -> Response:
             other = store.actions_by_id[action_id]
             if other["machineId"] == machine["id"] and other["type"] == kind.type:
                 raise ApiError(400, "ActiveRequestAlreadyExists", "Action is already in progress")
-        now = _now()
+        now = emu.clock.utcnow()
         action = {
             "id": store.new_guid(), "type": kind.type, "title": None, "requestor": request.requestor,
             "requestorComment": body["Comment"], "status": "Pending", "machineId": machine["id"],
@@ -170,7 +165,7 @@ def start_investigation(request: Request) -> Response:
     body = require_body(request)
     check_body(body, ("Comment",))
     machine = get_machine(request)
-    investigation = request.emu.store.start_investigation(machine, _now())
+    investigation = request.emu.store.start_investigation(machine, request.emu.clock.utcnow())
     return entity(request, "Investigations", investigation, status=201)
 
 
@@ -199,7 +194,7 @@ def cancel_action(request: Request) -> Response:
             raise ApiError(400, "BadRequest", f"Machine action {action['id']} cannot be cancelled because its status "
                                               f"is {action['status']}.")
         del store.action_plans[action["id"]]
-        now = format_datetime(_now())
+        now = format_datetime(request.emu.clock.utcnow())
         action.update(status="Cancelled", cancellationRequestor=request.requestor,
                       cancellationComment=body["Comment"], cancellationDateTimeUtc=now, lastUpdateDateTimeUtc=now)
         return entity(request, "MachineActions", dict(action))
@@ -215,7 +210,7 @@ def package_uri(request: Request) -> Response:
         raise ApiError(404, "ResourceNotFound", f"Investigation package for action {action['id']} is not "
                                                 "available.")
     emu = request.emu
-    expires = int(time.time()) + PACKAGE_LINK_LIFETIME
+    expires = int(emu.clock.now()) + PACKAGE_LINK_LIFETIME
     query = urlencode({"se": expires, "sig": _package_signature(emu, action["id"], expires)})
     return Response.json(200, {"@odata.context": f"{emu.base_url}/api/$metadata#Edm.String",
                                "value": f"{emu.base_url}/download/package/{action['id']}?{query}"})
@@ -230,7 +225,7 @@ def download_package(request: Request) -> Response:
     except ValueError:
         expires = 0
     expected = _package_signature(emu, action_id, expires)
-    if not hmac.compare_digest(expected, request.query.get("sig", "")) or expires < time.time():
+    if not hmac.compare_digest(expected, request.query.get("sig", "")) or expires < emu.clock.now():
         return Response(403, b"<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code>"
                              b"<Message>Signature not valid or expired.</Message></Error>",
                         {"Content-Type": "application/xml"})
@@ -256,4 +251,5 @@ ROUTES = [
     Route("GET", "/api/machineactions/{id}", action_by_id, "machineactions", MACHINE_READ),
     Route("POST", "/api/machineactions/{id}/cancel", cancel_action, "machineactions", ALL_ACTION_ROLES),
     Route("GET", "/api/machineactions/{id}/getPackageUri", package_uri, "machineactions", MACHINE_READ),
+    Route("GET", "/download/package/{id}", download_package, "download"),
 ]

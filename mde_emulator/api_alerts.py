@@ -5,7 +5,7 @@ from __future__ import annotations
 import datetime as dt
 import ipaddress
 
-from .api_machines import DOMAIN_RE, SHA1_RE, check_body, get_machine
+from .common import DOMAIN_RE, SHA1_RE, check_body, get_machine
 from .odata import DATETIME, INT, STR, ODataError, Schema, format_datetime, parse_datetime, parse_options, project
 from .web import ApiError, Request, Response, Route, collection, entity, not_found, require_body, serve_collection
 
@@ -72,6 +72,11 @@ def list_alerts(request: Request) -> Response:
     return serve_alerts(request, list(request.emu.store.alerts))
 
 
+def machine_alerts(request: Request) -> Response:
+    machine = get_machine(request)
+    return serve_alerts(request, [a for a in list(request.emu.store.alerts) if a["machineId"] == machine["id"]])
+
+
 def alert_by_id(request: Request) -> Response:
     alert = get_alert(request)
     try:
@@ -104,8 +109,8 @@ def _validated_update(body: dict) -> dict:
     return update
 
 
-def _apply_update(alert: dict, update: dict, requestor: str) -> None:
-    now = format_datetime(dt.datetime.now(dt.timezone.utc))
+def _apply_update(alert: dict, update: dict, requestor: str, when: dt.datetime) -> None:
+    now = format_datetime(when)
     for name in ("assignedTo", "classification", "determination"):
         if name in update:
             alert[name] = update[name]
@@ -126,7 +131,7 @@ def update_alert(request: Request) -> Response:
     store = request.emu.store
     with store.lock:
         alert = get_alert(request)
-        _apply_update(alert, update, request.requestor)
+        _apply_update(alert, update, request.requestor, request.emu.clock.utcnow())
         return entity(request, "Alerts", dict(alert))
 
 
@@ -141,8 +146,9 @@ def batch_update(request: Request) -> Response:
         missing = [i for i in ids if i not in store.alerts_by_id]
         if missing:
             raise not_found("Alert", str(missing[0]))
+        now = request.emu.clock.utcnow()
         for alert_id in ids:
-            _apply_update(store.alerts_by_id[alert_id], update, request.requestor)
+            _apply_update(store.alerts_by_id[alert_id], update, request.requestor, now)
     return Response(200)
 
 
@@ -162,10 +168,10 @@ def create_by_reference(request: Request) -> Response:
         machine = get_machine(request, str(body["machineId"]))
         existing = next((a for a in reversed(store.alerts) if a["machineId"] == machine["id"]
                          and a["title"] == body["title"] and a["status"] != "Resolved"), None)
+        now = request.emu.clock.utcnow()
         if existing is not None:  # the service merges into an open alert with the same device and title
-            existing["lastEventTime"] = existing["lastUpdateTime"] = format_datetime(dt.datetime.now(dt.timezone.utc))
+            existing["lastEventTime"] = existing["lastUpdateTime"] = format_datetime(now)
             return entity(request, "Alerts", dict(existing))
-        now = dt.datetime.now(dt.timezone.utc)
         alert = store.add_alert(created=now, visible_at=now, severity=severity, status="New", machine=machine,
                                 title=body["title"], category=category, description=body["description"],
                                 detection_source="CustomDetection")
@@ -277,6 +283,7 @@ def investigation_by_id(request: Request) -> Response:
 
 ROUTES = [
     Route("GET", "/api/alerts", list_alerts, "alerts", ALERT_READ),
+    Route("GET", "/api/machines/{id}/alerts", machine_alerts, "machines", ALERT_READ),
     Route("POST", "/api/alerts/CreateAlertByReference", create_by_reference, "alerts", ALERT_WRITE),
     Route("POST", "/api/alerts/batchUpdate", batch_update, "alerts", ALERT_WRITE),
     Route("GET", "/api/alerts/{id}", alert_by_id, "alerts", ALERT_READ),

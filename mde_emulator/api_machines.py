@@ -1,4 +1,4 @@
-"""Defender API: machines, their logged-on users and alerts, tags, find-by-IP and entity-to-machine lookups."""
+"""Defender API: machines, their logged-on users, tags, find-by-IP and entity-to-machine lookups."""
 
 from __future__ import annotations
 
@@ -6,6 +6,7 @@ import datetime as dt
 import ipaddress
 import re
 
+from .common import DOMAIN_RE, SHA1_RE, check_body, get_machine
 from .odata import BOOL, DATETIME, INT, OBJ_LIST, STR, STR_LIST, Schema, parse_datetime
 from .web import (
     ApiError,
@@ -14,14 +15,12 @@ from .web import (
     Route,
     collection,
     entity,
-    not_found,
     require_body,
     serve_collection,
 )
 
 MACHINE_READ = ("Machine.Read.All", "Machine.ReadWrite.All")
 MACHINE_WRITE = ("Machine.ReadWrite.All",)
-ALERT_READ = ("Alert.Read.All", "Alert.ReadWrite.All")
 USER_READ = ("User.Read.All",)
 
 MACHINE_FIELDS = (
@@ -44,17 +43,7 @@ USERS = Schema("Users", ("id", "accountName", "accountDomain", "accountSid", "fi
                          "isDomainAdmin", "isOnlyNetworkUser"),
                filterable={"id": STR, "accountName": STR, "accountDomain": STR, "firstSeen": DATETIME,
                            "lastSeen": DATETIME, "isDomainAdmin": BOOL})
-SHA1_RE = re.compile(r"^[0-9a-fA-F]{40}$")
-DOMAIN_RE = re.compile(r"^(?=.{1,253}$)([a-zA-Z0-9-]{1,63}\.)+[a-zA-Z]{2,63}$")
 MAX_DOMAIN_MACHINES = 500
-
-
-def get_machine(request: Request, key: str | None = None) -> dict:
-    key = key if key is not None else request.params["id"]
-    machine = request.emu.store.find_machine(key)
-    if machine is None:
-        raise not_found("Machine", key)
-    return machine
 
 
 def list_machines(request: Request) -> Response:
@@ -70,14 +59,6 @@ def logon_users(request: Request) -> Response:
     machine = get_machine(request)
     users = [store.users[name] for name in store.machine_users.get(machine["id"], []) if name in store.users]
     return serve_collection(request, users, USERS)
-
-
-def machine_alerts(request: Request) -> Response:
-    from .api_alerts import serve_alerts
-
-    store = request.emu.store
-    machine = get_machine(request)
-    return serve_alerts(request, [a for a in list(store.alerts) if a["machineId"] == machine["id"]])
 
 
 def tags(request: Request) -> Response:
@@ -99,19 +80,6 @@ def tags(request: Request) -> Response:
     return entity(request, "Machines", machine)
 
 
-def check_body(body: dict, required: tuple[str, ...], optional: tuple[str, ...] = ()) -> None:
-    """The service's body rules: names are case-sensitive, unknown names and missing required ones are errors."""
-    allowed = set(required) | set(optional)
-    for name in body:
-        if name not in allowed:
-            hint = next((a for a in allowed if a.lower() == name.lower()), None)
-            detail = f" Did you mean '{hint}'? Parameter names are case-sensitive." if hint else ""
-            raise ApiError(400, "InvalidRequestBody", f"Request body contains an unknown parameter '{name}'.{detail}")
-    for name in required:
-        if body.get(name) in (None, ""):
-            raise ApiError(400, "MissingRequiredParameter", f"Missing required parameter '{name}'.")
-
-
 _FINDBYIP_ARG = re.compile(r"\s*(\w+)\s*=\s*('(?:[^']|'')*'|[^,]*)\s*(?:,|$)")
 
 
@@ -131,7 +99,7 @@ def find_by_ip(request: Request) -> Response:
         when, _ = parse_datetime(stamp)
     except ValueError:
         raise ApiError(400, "InvalidInput", f"'{stamp}' is not a valid timestamp.") from None
-    if when < dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=30):
+    if when < request.emu.clock.utcnow() - dt.timedelta(days=30):
         raise ApiError(400, "InvalidInput", "The timestamp must be within the last 30 days.")
     machines = [m for m in list(request.emu.store.machines)
                 if m["lastIpAddress"] == ip or any(a["ipAddress"] == ip for a in m["ipAddresses"])]
@@ -176,7 +144,6 @@ ROUTES = [
     Route("GET", "/api/machines/findbyip({args})", find_by_ip, "machines", MACHINE_READ),
     Route("GET", "/api/machines/{id}", machine_by_id, "machines", MACHINE_READ),
     Route("GET", "/api/machines/{id}/logonusers", logon_users, "machines", USER_READ),
-    Route("GET", "/api/machines/{id}/alerts", machine_alerts, "machines", ALERT_READ),
     Route("POST", "/api/machines/{id}/tags", tags, "machines", MACHINE_WRITE),
     Route("GET", "/api/files/{sha1}/machines", file_machines, "files", MACHINE_READ),
     Route("GET", "/api/domains/{domain}/machines", domain_machines, "domains", MACHINE_READ),

@@ -8,8 +8,6 @@ vulnerabilities share the rate-limit family `machine-vulnerabilities`, so the fa
 
 from __future__ import annotations
 
-import datetime as dt
-
 from .api_machines import get_machine
 from .odata import DATETIME, STR, Schema, format_datetime
 from .tvm_data import MACHINE_VULN_FIELDS, MachineVuln, TvmData, tvm_of
@@ -69,8 +67,7 @@ def _tvm(request: Request) -> TvmData:
 
 
 def _now(request: Request) -> str:
-    clock = getattr(request.emu, "clock", None)
-    return format_datetime(clock.utcnow() if clock else dt.datetime.now(dt.timezone.utc))
+    return format_datetime(request.emu.clock.utcnow())
 
 
 def machine_reference(machine: dict) -> dict:

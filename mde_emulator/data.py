@@ -14,6 +14,7 @@ import random
 import threading
 import uuid
 
+from .clock import Clock
 from .odata import format_datetime
 
 DOMAIN = "contoso.local"
@@ -108,10 +109,12 @@ ID_ANCHOR_TICKS = TICKS_AT_EPOCH + int(dt.datetime(2025, 6, 1, tzinfo=dt.timezon
 class Store:
     """All emulator data, guarded by one lock for writes. Reads take shallow copies of the lists."""
 
-    def __init__(self, *, seed: int, machines: int, alerts: int, tenant_id: str, now: dt.datetime | None = None):
+    def __init__(self, *, seed: int, machines: int, alerts: int, tenant_id: str, now: dt.datetime | None = None,
+                 clock: Clock | None = None):
         self.lock = threading.RLock()
         self.tenant_id = tenant_id
-        self.now = now or dt.datetime.now(dt.timezone.utc)
+        self.clock = clock or Clock()
+        self.now = now or self.clock.utcnow()  # the seed data's "now"; new records use the clock
         self.seed = seed
         self.rng = random.Random(seed)
         self.machines: list[dict] = []
@@ -302,7 +305,7 @@ class Store:
             users = self.machine_users.get(machine["id"]) or []
             user = self.users.get(rng.choice(users)) if users and rng.random() < 0.8 else None
             status = status or _weighted(rng, [("New", 50), ("InProgress", 20), ("Resolved", 30)])
-            visible_at = visible_at or dt.datetime.now(dt.timezone.utc)
+            visible_at = visible_at or self.clock.utcnow()
             first_event = created - dt.timedelta(seconds=rng.uniform(10, 3600))
             resolved = status == "Resolved"
             investigation_id = None

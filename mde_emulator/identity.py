@@ -20,6 +20,7 @@ import uuid
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 from urllib.parse import parse_qs, urlencode, urlsplit
 
 import jwt
@@ -30,7 +31,11 @@ from cryptography.hazmat.primitives.asymmetric import rsa
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from cryptography.x509.oid import NameOID
 
-from .web import PLAIN_JSON, ApiError, Request, Response
+from .clock import Clock
+from .web import PLAIN_JSON, ApiError, Request, Response, Route
+
+if TYPE_CHECKING:
+    from .server import Emulator
 
 ALL_ROLES = [
     "Machine.Read.All", "Machine.ReadWrite.All", "Machine.Isolate", "Machine.RestrictExecution", "Machine.Scan",
@@ -66,8 +71,8 @@ class EntraError(Exception):
         super().__init__(message)
         self.status, self.error, self.code, self.message = status, error, code, message
 
-    def response(self, base_url: str) -> Response:
-        now = dt.datetime.now(dt.timezone.utc).strftime("%Y-%m-%d %H:%M:%SZ")
+    def response(self, base_url: str, when: dt.datetime) -> Response:
+        now = when.strftime("%Y-%m-%d %H:%M:%SZ")
         trace, correlation = str(uuid.uuid4()), str(uuid.uuid4())
         body = {
             "error": self.error,
@@ -96,6 +101,7 @@ def _b64url(data: bytes) -> str:
 
 
 def _self_signed(key: rsa.RSAPrivateKey, common_name: str) -> x509.Certificate:
+    """Valid from a day ago for a year of real time (certificate validity stays off the emulator's clock)."""
     name = x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, common_name)])
     now = dt.datetime.now(dt.timezone.utc)
     return (x509.CertificateBuilder().subject_name(name).issuer_name(name).public_key(key.public_key())
@@ -111,8 +117,9 @@ def _write_private(path: Path, data: bytes) -> None:
 
 class Identity:
     def __init__(self, *, base_url: str, state_dir: Path, lifetime: Callable[[], int],
-                 on_token: Callable[[str], None]):
+                 on_token: Callable[[str], None], clock: Clock):
         self.base_url = base_url
+        self.clock = clock
         self.lifetime = lifetime
         self.on_token = on_token
         self.lock = threading.Lock()
@@ -183,7 +190,7 @@ class Identity:
     # -- tokens ------------------------------------------------------------------------------------------------
     def issue_access_token(self, *, appid: str, audience: str, roles: list[str] | None = None,
                            scp: list[str] | None = None, oid: str, acr: str = "1", user: str | None = None) -> str:
-        now = int(time.time())
+        now = int(self.clock.now())
         claims = {
             "aud": audience, "iss": f"https://sts.windows.net/{self.tenant_id}/", "iat": now, "nbf": now,
             "exp": now + self.lifetime(), "aio": _b64url(secrets.token_bytes(24)), "appid": appid,
@@ -206,15 +213,21 @@ class Identity:
         token = authorization[7:].strip()
         audiences = API_AUDIENCES + [a + "/" for a in API_AUDIENCES]
         try:
-            return jwt.decode(token, self._public_key, algorithms=["RS256"], audience=audiences,
-                              issuer=f"https://sts.windows.net/{self.tenant_id}/",
-                              options={"require": ["exp", "iat", "aud", "iss"]})
-        except jwt.ExpiredSignatureError:
-            raise ApiError(401, "Unauthorized", "The access token has expired.") from None
+            # PyJWT checks times against the real clock, so exp/nbf are checked here against the emulator's.
+            claims = jwt.decode(token, self._public_key, algorithms=["RS256"], audience=audiences,
+                                issuer=f"https://sts.windows.net/{self.tenant_id}/",
+                                options={"require": ["exp", "iat", "aud", "iss"], "verify_exp": False,
+                                         "verify_iat": False, "verify_nbf": False})
         except jwt.InvalidAudienceError:
             raise ApiError(401, "Unauthorized", "The access token has an invalid audience for this API.") from None
         except jwt.PyJWTError as exc:
             raise ApiError(401, "Unauthorized", f"The access token is invalid: {exc}.") from None
+        now = self.clock.now()
+        if not isinstance(claims["exp"], int) or claims["exp"] <= now:
+            raise ApiError(401, "Unauthorized", "The access token has expired.")
+        if isinstance(claims.get("nbf"), int) and claims["nbf"] > now:
+            raise ApiError(401, "Unauthorized", "The access token is not yet valid.")
+        return claims
 
     # -- OIDC discovery ----------------------------------------------------------------------------------------
     def _check_tenant(self, tenant: str, error: str = "invalid_request") -> None:
@@ -230,7 +243,7 @@ class Identity:
         try:
             self._check_tenant(tenant, "invalid_tenant")
         except EntraError as exc:
-            return exc.response(self.base_url)
+            return exc.response(self.base_url, self.clock.utcnow())
         b = f"{self.base_url}/{tenant}"
         issuer_tenant = self.tenant_id if tenant == self.tenant_id else "{tenantid}"
         doc = {
@@ -283,7 +296,7 @@ class Identity:
         try:
             return self._token(request)
         except EntraError as exc:
-            return exc.response(self.base_url)
+            return exc.response(self.base_url, self.clock.utcnow())
 
     def _token(self, request: Request) -> Response:
         tenant = request.params["tenant"]
@@ -320,7 +333,7 @@ class Identity:
             body = {"token_type": "Bearer", "expires_in": self.lifetime(), "ext_expires_in": self.lifetime(),
                     "access_token": token}
             if v1:
-                body.update(resource=resource, expires_on=str(int(time.time()) + self.lifetime()))
+                body.update(resource=resource, expires_on=str(int(self.clock.now()) + self.lifetime()))
             return Response.json(200, body, content_type=PLAIN_JSON)
         if grant == "authorization_code":
             self.on_token("authorization_code")
@@ -426,7 +439,7 @@ class Identity:
                 self._refresh_tokens[rt] = {"client_id": client.client_id, "scope": scope}
             body["refresh_token"] = rt
         if "openid" in words:
-            now = int(time.time())
+            now = int(self.clock.now())
             id_claims = {"aud": client.client_id, "iss": f"{self.base_url}/{self.tenant_id}/v2.0", "iat": now,
                          "nbf": now, "exp": now + 3600, "name": "Test Analyst", "oid": self.user_oid,
                          "preferred_username": AUTHCODE_USER, "sub": _b64url(hashlib.sha256(
@@ -451,7 +464,7 @@ class Identity:
                 raise EntraError(400, "invalid_grant", 54005,
                                  "OAuth2 Authorization code was already redeemed, please retry with a new valid "
                                  "code or use an existing refresh token.")
-            if time.time() - grant["issued"] > CODE_LIFETIME:
+            if self.clock.now() - grant["issued"] > CODE_LIFETIME:
                 raise EntraError(400, "invalid_grant", 70008,
                                  "The provided authorization code or refresh token has expired due to inactivity. "
                                  "Send a new interactive authorization request for this user and resource.")
@@ -525,7 +538,7 @@ class Identity:
                 self._codes[code] = {"client_id": client.client_id, "redirect_uri": redirect, "scope": q["scope"],
                                      "nonce": q.get("nonce"), "code_challenge": q.get("code_challenge"),
                                      "code_challenge_method": q.get("code_challenge_method"),
-                                     "issued": time.time(), "used": False}
+                                     "issued": self.clock.now(), "used": False}
             params["code"] = code
         if "state" in q:
             params["state"] = q["state"]
@@ -568,7 +581,7 @@ class Identity:
             return error(400, "Bad request", "Failed decrypting the token. Please make sure the Key is correct.")
         if not hmac.compare_digest(token, self.oproxy_token):
             return error(401, "Unauthorized", "Invalid token. Please make sure you entered the Token correctly.")
-        if abs(time.time() - issued) > OPROXY_MAX_SKEW:
+        if abs(time.time() - issued) > OPROXY_MAX_SKEW:  # the client stamps with its own (real) clock
             return error(400, "Bad request", "The token is stale: its timestamp is more than 5 minutes away from "
                                              "the server's clock. Please check the system clock.")
         scope, resource = body.get("scope"), body.get("resource") or ""
@@ -600,13 +613,30 @@ class Identity:
             return error("Identity not found")
         client_id = client_id or self.mi_system_client_id
         lifetime = self.lifetime()
-        now = int(time.time())
+        now = int(self.clock.now())
         token = self.issue_access_token(appid=client_id, audience=resource, roles=list(ALL_ROLES), oid=client_id,
                                         acr="2")
         return Response.json(200, {"access_token": token, "client_id": client_id, "expires_in": str(lifetime),
                                    "expires_on": str(now + lifetime), "ext_expires_in": str(lifetime),
                                    "not_before": str(now), "resource": resource, "token_type": "Bearer"},
                              content_type=PLAIN_JSON)
+
+
+def routes(emu: Emulator) -> list[Route]:
+    i = emu.identity
+    return [
+        Route("GET", "/{tenant}/v2.0/.well-known/openid-configuration", i.discovery, family="token"),
+        Route("GET", "/{tenant}/.well-known/openid-configuration", i.discovery, family="token"),
+        Route("GET", "/common/discovery/instance", i.instance_discovery, family="token"),
+        Route("GET", "/{tenant}/discovery/v2.0/keys", i.keys, family="token"),
+        Route("GET", "/{tenant}/discovery/keys", i.keys, family="token"),
+        Route("POST", "/{tenant}/oauth2/v2.0/token", i.token, family="token"),
+        Route("POST", "/{tenant}/oauth2/token", i.token, family="token"),
+        Route("GET", "/{tenant}/oauth2/v2.0/authorize", i.authorize, family="token"),
+        Route("POST", "/oproxy/obtain-token", i.oproxy, family="oproxy"),
+        Route("POST", "/obtain-token", i.oproxy, family="oproxy"),
+        Route("GET", "/metadata/identity/oauth2/token", i.imds, family="imds"),
+    ]
 
 
 def _thumbprint_hex(x5t: str) -> str:

@@ -1,7 +1,16 @@
 """HTTPS server, routing, fault injection (rate limits, error bursts, latency, dropped connections) and counters.
 
-One `Emulator` holds the state (identity, store, faults, counters) and turns a `Request` into a `Response`;
+One `Emulator` holds the state (clock, identity, store, faults, counters) and turns a `Request` into a `Response`;
 `EmulatorServer` serves it over TLS on 127.0.0.1 with the standard library's ThreadingHTTPServer.
+
+Routes: every service area is one module listed in `ROUTE_MODULES`; `assemble_routes` builds the route table from
+them in that order (first match wins). A module exposes `ROUTES: list[Route]`, or `routes(emu) -> list[Route]`
+when its handlers need the `Emulator` instance (identity's are bound to `emu.identity`). Adding an area means
+writing `api_<area>.py` with its `ROUTES` and adding the module to `ROUTE_MODULES`; nothing else here changes.
+Routes under /api/ need a valid bearer token and count against rate limits by `Route.family`; others (token
+endpoints, download links) do not. /admin/* routes come from `admin.ROUTES` and are loopback-only.
+
+Time: `Emulator.clock` (see clock.py) is the only source of "now"; POST /admin/clock {"advance": s} moves it.
 """
 
 from __future__ import annotations
@@ -24,7 +33,8 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
-from . import admin, api_actions, api_alerts, api_machines, api_tvm
+from . import admin, api_actions, api_alerts, api_machines, api_tvm, identity
+from .clock import Clock
 from .data import Store
 from .identity import EntraError, Identity
 from .web import PLAIN_JSON, ApiError, Request, Response, Route
@@ -34,6 +44,22 @@ log = logging.getLogger("mde_emulator")
 ACTION_OUTCOMES = ("Succeeded", "Failed", "TimeOut")
 TOKEN_KINDS = ("client_credentials", "authorization_code", "refresh_token", "oproxy", "managed_identity")
 API_ERROR_CODES = {500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout"}
+ROUTE_MODULES = (identity, api_machines, api_actions, api_alerts, api_tvm)
+
+
+def assemble_routes(emu: Emulator, modules=ROUTE_MODULES) -> list[Route]:
+    """The route table from each module's `routes(emu)` or `ROUTES`; a route declared twice is a bug."""
+    routes: list[Route] = []
+    seen: dict[tuple[str, str], str] = {}
+    for module in modules:
+        for route in module.routes(emu) if hasattr(module, "routes") else module.ROUTES:
+            key = (route.method, route.template.lower())
+            if key in seen:
+                raise ValueError(f"{route.method} {route.template} is declared by both {seen[key]} and "
+                                 f"{module.__name__}")
+            seen[key] = module.__name__
+            routes.append(route)
+    return routes
 
 
 @dataclass
@@ -125,7 +151,7 @@ class Counters:
 
 
 class RateLimiter:
-    """Sliding window (60 s unless changed) per (application, endpoint family)."""
+    """Sliding window (60 s unless changed) per (application, endpoint family), on the emulator's clock."""
 
     def __init__(self):
         self.lock = threading.Lock()
@@ -159,33 +185,16 @@ class Emulator:
                              token_lifetime=options.token_lifetime, action_outcome=options.action_outcome,
                              action_delay=options.action_delay)
         self.faults_lock = threading.Lock()
+        self.clock = Clock()
         self.counters = Counters()
         self.rate_limiter = RateLimiter()
         self.identity = Identity(base_url=base_url, state_dir=state_dir, lifetime=lambda: self.faults.token_lifetime,
-                                 on_token=lambda kind: self.counters.add("tokens", kind))
+                                 on_token=lambda kind: self.counters.add("tokens", kind), clock=self.clock)
         self.store = Store(seed=options.seed, machines=options.machines, alerts=options.alerts,
-                           tenant_id=self.identity.tenant_id)
+                           tenant_id=self.identity.tenant_id, clock=self.clock)
         self.package_key = uuid.uuid4().bytes
-        self.routes: list[Route] = self._identity_routes() + api_machines.ROUTES + api_actions.ROUTES + \
-            api_alerts.ROUTES + api_tvm.ROUTES
+        self.routes: list[Route] = assemble_routes(self)
         self.admin_routes = admin.ROUTES
-
-    def _identity_routes(self) -> list[Route]:
-        i = self.identity
-        return [
-            Route("GET", "/{tenant}/v2.0/.well-known/openid-configuration", i.discovery, family="token"),
-            Route("GET", "/{tenant}/.well-known/openid-configuration", i.discovery, family="token"),
-            Route("GET", "/common/discovery/instance", i.instance_discovery, family="token"),
-            Route("GET", "/{tenant}/discovery/v2.0/keys", i.keys, family="token"),
-            Route("GET", "/{tenant}/discovery/keys", i.keys, family="token"),
-            Route("POST", "/{tenant}/oauth2/v2.0/token", i.token, family="token"),
-            Route("POST", "/{tenant}/oauth2/token", i.token, family="token"),
-            Route("GET", "/{tenant}/oauth2/v2.0/authorize", i.authorize, family="token"),
-            Route("POST", "/oproxy/obtain-token", i.oproxy, family="oproxy"),
-            Route("POST", "/obtain-token", i.oproxy, family="oproxy"),
-            Route("GET", "/metadata/identity/oauth2/token", i.imds, family="imds"),
-            Route("GET", "/download/package/{id}", api_actions.download_package, family="download"),
-        ]
 
     # -- dispatch ----------------------------------------------------------------------------------------------
     def dispatch(self, request: Request) -> Response | None:
@@ -211,7 +220,7 @@ class Emulator:
         except ApiError as exc:
             response = exc.response()
         except EntraError as exc:
-            response = exc.response(self.base_url)
+            response = exc.response(self.base_url, self.clock.utcnow())
         except Exception:  # a bug in the emulator: answer like the service would, and log it
             log.exception("internal error on %s %s", request.method, request.path)
             response = ApiError(500, "InternalServerError", "An unexpected error occurred.").response()
@@ -230,7 +239,7 @@ class Emulator:
         families = self.faults.rate_limit_families
         if limit and (families is None or route.family in families):
             window = self.faults.rate_limit_window_seconds
-            wait = self.rate_limiter.check((request.app_id, route.family), limit, time.monotonic(), window)
+            wait = self.rate_limiter.check((request.app_id, route.family), limit, self.clock.now(), window)
             if wait:
                 period = time.strftime("%H:%M:%S", time.gmtime(round(window)))
                 raise ApiError(429, "TooManyRequests",
@@ -308,7 +317,8 @@ class Emulator:
         status = burst["status"]
         if family == "token":
             return EntraError(status, "temporarily_unavailable", 90033,
-                              "A transient error has occurred. Please try again.").response(self.base_url)
+                              "A transient error has occurred. Please try again.").response(self.base_url,
+                                                                                          self.clock.utcnow())
         if family == "oproxy":
             return Response.json(status, {"title": "Service Unavailable", "detail": "Please try again later."},
                                  content_type=PLAIN_JSON)

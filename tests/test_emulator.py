@@ -23,7 +23,9 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from mde_emulator import server as emulator_server
 from mde_emulator.admin import AlertStream
+from mde_emulator.api_actions import PACKAGE_LINK_LIFETIME
 from mde_emulator.data import Store
 from mde_emulator.server import EmulatorServer, Options
 
@@ -97,6 +99,12 @@ def _session(info) -> requests.Session:
 
 def _admin(info, method, path, **kwargs):
     return requests.request(method, f"{info['admin_url']}{path}", verify=info["ca_bundle"], timeout=10, **kwargs)
+
+
+def _advance(info, seconds) -> None:
+    """Move the emulator's clock forward (the module's server is shared: keep advances small unless needed)."""
+    r = _admin(info, "POST", "/clock", json={"advance": seconds})
+    assert r.status_code == 200, r.text
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -323,7 +331,7 @@ def test_api_rejects_missing_invalid_and_expired_tokens(info):
     assert r.status_code == 401 and "audience" in r.json()["error"]["message"]
     _admin(info, "POST", "/faults", json={"token_lifetime": 1})
     short = _token(info)
-    time.sleep(2.1)
+    _advance(info, 1)
     r = requests.get(url, headers={"Authorization": f"Bearer {short}"}, verify=info["ca_bundle"])
     assert r.status_code == 401 and "expired" in r.json()["error"]["message"]
 
@@ -475,7 +483,7 @@ def test_rate_limit_per_app_and_family(info, api):
     assert counters["responses"]["429"] >= 2
     _admin(info, "POST", "/faults", json={"rate_limit_per_minute": 1, "rate_limit_window_seconds": 1})
     assert [api.get("/api/alerts?$top=1").status_code for _ in range(2)] == [200, 429]
-    time.sleep(1.05)
+    _advance(info, 1)
     assert api.get("/api/alerts?$top=1").status_code == 200
 
 
@@ -494,6 +502,28 @@ def test_error_burst_latency_and_dropped_connection(info, api):
     assert _admin(info, "GET", "/faults").json()["latency_ms"] == 300
 
 
+def test_admin_clock_moves_forward_only(info):
+    before = _admin(info, "GET", "/clock").json()
+    after = _admin(info, "POST", "/clock", json={"advance": 30}).json()
+    assert after["offset_seconds"] == before["offset_seconds"] + 30 and after["now"] >= before["now"] + 30
+    assert dt.datetime.fromisoformat(after["utc"]).timestamp() == pytest.approx(after["now"])
+    for bad in ({"advance": -1}, {"advance": "soon"}, {"advance": True}, {}, {"advance": 1, "other": 2}, [1]):
+        r = _admin(info, "POST", "/clock", json=bad)
+        assert r.status_code == 400 and ("advance" in r.json()["error"] or "JSON object" in r.json()["error"]), bad
+    assert _admin(info, "GET", "/clock").json()["offset_seconds"] == after["offset_seconds"]
+
+
+def test_every_api_module_is_registered_once():
+    api_modules = {p.stem for p in Path(emulator_server.__file__).parent.glob("api_*.py")}
+    assert api_modules <= {m.__name__.rsplit(".", 1)[1] for m in emulator_server.ROUTE_MODULES}
+
+    class Twice:
+        ROUTES = [emulator_server.api_machines.ROUTES[0]]
+
+    with pytest.raises(ValueError, match="declared by both"):
+        emulator_server.assemble_routes(None, (emulator_server.api_machines, Twice))
+
+
 def test_counters(info, api):
     _admin(info, "POST", "/counters/reset")
     api.get("/api/machines?$top=1")
@@ -507,14 +537,13 @@ def test_counters(info, api):
     assert counters["responses"] == {"200": 3, "404": 1}
 
 
-def test_alert_stream_adds_alerts(server, store):
+def test_alert_stream_follows_the_emulator_clock(server, info, store):
     before = len(store.alerts)
     stream = AlertStream(server.emulator, rate=40, seed=5)
-    stream.start()
-    time.sleep(0.8)
-    stream.stop()
+    _advance(info, 1)
+    reported = stream.step()
     added = store.alerts[before:]
-    assert len(added) >= 10
+    assert len(added) == reported >= 40  # 40 per emulator second, plus any burst sharing a timestamp
     assert all(a["lastUpdateTime"] >= a["alertCreationTime"] for a in added)
 
 
@@ -539,7 +568,7 @@ def _windows_machine(store, index=0):
 
 def test_action_lifecycle_and_duplicate(info, api, store):
     machine = _windows_machine(store)
-    _admin(info, "POST", "/faults", json={"action_delay": 2})
+    _admin(info, "POST", "/faults", json={"action_delay": 100})
     r = api.post(f"/api/machines/{machine['id']}/isolate", json={"Comment": "contain", "IsolationType": "Selective"})
     assert r.status_code == 201, r.text
     action = r.json()
@@ -548,9 +577,10 @@ def test_action_lifecycle_and_duplicate(info, api, store):
     dup = api.post(f"/api/machines/{machine['id']}/isolate", json={"Comment": "again", "IsolationType": "Full"})
     assert dup.status_code == 400 and dup.json()["error"]["code"] == "ActiveRequestAlreadyExists"
     assert dup.json()["error"]["message"] == "Action is already in progress"
-    time.sleep(1.2)
+    assert api.get(f"/api/machineactions/{action['id']}").json()["status"] == "Pending"
+    _advance(info, 50)
     assert api.get(f"/api/machineactions/{action['id']}").json()["status"] == "InProgress"
-    time.sleep(1.0)
+    _advance(info, 50)
     done = api.get(f"/api/machineactions/{action['id']}").json()
     assert done["status"] == "Succeeded" and done["lastUpdateDateTimeUtc"] > done["creationDateTimeUtc"]
     state = _admin(info, "GET", f"/machines/{machine['id']}").json()["state"]
@@ -562,10 +592,10 @@ def test_action_lifecycle_and_duplicate(info, api, store):
 
 def test_action_outcome_cancel_and_bodies(info, api, store):
     machine = _windows_machine(store, 1)
-    _admin(info, "POST", "/faults", json={"action_outcome": "Failed", "action_delay": 0.3})
+    _admin(info, "POST", "/faults", json={"action_outcome": "Failed", "action_delay": 10})
     scan = api.post(f"/api/machines/{machine['id']}/runAntiVirusScan", json={"Comment": "x", "ScanType": "Quick"})
     assert scan.status_code == 201 and scan.json()["scope"] == "Quick"
-    time.sleep(0.4)
+    _advance(info, 10)
     assert api.get(f"/api/machineactions/{scan.json()['id']}").json()["status"] == "Failed"
     cancel_final = api.post(f"/api/machineactions/{scan.json()['id']}/cancel", json={"Comment": "stop"})
     assert cancel_final.status_code == 400
@@ -591,15 +621,17 @@ def test_action_outcome_cancel_and_bodies(info, api, store):
 
 def test_investigation_package_download(info, api, store):
     machine = _windows_machine(store, 2)
-    _admin(info, "POST", "/faults", json={"action_delay": 0.2})
+    _admin(info, "POST", "/faults", json={"action_delay": 10})
     action = api.post(f"/api/machines/{machine['id']}/collectInvestigationPackage", json={"Comment": "x"}).json()
     assert api.get(f"/api/machineactions/{action['id']}/getPackageUri").status_code == 404
-    time.sleep(0.3)
+    _advance(info, 10)
     link = api.get(f"/api/machineactions/{action['id']}/getPackageUri").json()["value"]
     package = requests.get(link, verify=info["ca_bundle"])
     assert package.status_code == 200
     assert "README.txt" in zipfile.ZipFile(io.BytesIO(package.content)).namelist()
     assert requests.get(link.replace("sig=", "sig=0"), verify=info["ca_bundle"]).status_code == 403
+    _advance(info, PACKAGE_LINK_LIFETIME + 1)
+    assert requests.get(link, verify=info["ca_bundle"]).status_code == 403  # the link expired
 
 
 # ---------------------------------------------------------------------------------------------------------------

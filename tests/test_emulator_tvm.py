@@ -46,7 +46,7 @@ class Api:
         return r.json()["value"]
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture
 def api(server):
     return Api(server.info)
 
@@ -185,13 +185,17 @@ def test_recommendations_filters_and_coverage(api):
     assert api.get("/api/recommendations/va-_-nobody-_-nothing").status_code == 404
 
 
-def test_exposure_scores(api):
+def test_exposure_scores_on_the_emulator_clock(server, api):
     tenant = api.get("/api/exposureScore").json()
     assert 0 <= tenant["score"] <= 100 and tenant["time"].endswith("Z")
     groups = api.values("/api/exposureScore/ByMachineGroups")
     assert {g["rbacGroupName"] for g in groups} >= {"Servers", "Workstations"}
     assert min(g["score"] for g in groups) <= tenant["score"] <= max(g["score"] for g in groups)
     assert 0 <= api.get("/api/configurationScore").json()["score"] <= 1000
+    requests.post(f"{server.info['admin_url']}/clock", json={"advance": 400 * 86400}, verify=server.info["ca_bundle"],
+                  timeout=10)
+    later = Api(server.info).get("/api/exposureScore").json()  # the old token expired on the new clock
+    assert later["time"][:4] > tenant["time"][:4] and later["score"] == tenant["score"]
 
 
 def test_remediation_tasks(api):
