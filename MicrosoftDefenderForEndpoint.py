@@ -3,16 +3,23 @@
 Runs unchanged inside XSOAR and from the local `mde` CLI: it imports `demistomock as demisto`,
 the standard library, requests, msal and cryptography, nothing else.
 
-Sections, in this order:
- 1. Cloud table and constants   one table drives every Microsoft URL
+Contents, in file order. Shared infrastructure first:
+ 1. Constants, Clock, cloud table     one table drives every Microsoft URL
  2. Errors and secret redaction
- 3. Auth providers             one class per authentication flow behind `get_token()`
- 4. Client                     HTTP only: one method per Defender endpoint, retries, paging
- 5. Helpers                    arguments, OData filters, output mapping, entries
- 6. Commands                   `<verb>_<noun>_command(client, args)` by area
- 7. COMMANDS table             command name -> function and the API roles it needs
+ 3. Auth                              one provider per authentication flow behind `get_token()`
+ 4. Transport                         the one HTTP core: retries, 429, 401 refresh, paging, download
+ 5. Shared helpers                    arguments and validators, the OData builder, entity specs and the one
+                                      result builder (`entity_result`), the command registry (`@command`)
+Then one region per area, each holding its constants, entity specs, `<Area>Api` calls, commands and
+(through `@command`) its registry rows:
+ 6.1 Auth and connection     6.2 Machines             6.3 Machine actions     6.4 Alerts
+ 6.5 Investigations          6.6 Fetch incidents      6.7 Advanced hunting    6.8 Indicators
+ 6.9 Live response           6.10 Reputation          6.11 Vulnerability management
+And last:
+ 7. Client                            Transport plus every area's API mixin
  8. main()
 """
+
 
 import base64
 import binascii
@@ -24,7 +31,7 @@ import re
 import secrets
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
 from typing import Any
 from urllib.parse import quote, urlencode, urljoin, urlparse
@@ -698,8 +705,9 @@ class BearerAuth(requests.auth.AuthBase):
 
 
 # ============================================================================================
-# 4. Client
+# 4. Transport
 # ============================================================================================
+
 
 RETRYABLE_STATUSES = frozenset({500, 502, 503, 504})
 STATUS_HINTS = {
@@ -765,25 +773,24 @@ def connection_error_message(exc: requests.RequestException, url: str) -> str:
     return f"Could not connect to {host} ({type(exc).__name__}). Check Server URL / Endpoint Type and the network."
 
 
-class Client:
-    """Speaks HTTP to the Defender API: one method per endpoint, parsed JSON back, no platform calls."""
+class Transport:
+    """The one HTTP core: sends API calls with retries, rate-limit waits and one token refresh, pages through
+    collections and downloads files. Areas add their endpoint calls as mixins (see Client)."""
 
     def __init__(self, base_url: str, auth: BearerAuth, *, verify: bool = True, proxies: dict | None = None,
-                 session: requests.Session | None = None, sleeper: Callable[[float], None] | None = None,
+                 session: requests.Session | None = None, clock: Clock = SYSTEM_CLOCK,
                  timeout: tuple[int, int] = (CONNECT_TIMEOUT, READ_TIMEOUT)):
         self.api_url = urljoin(base_url.rstrip("/") + "/", "api")
         self.auth = auth
         self.verify = verify
         self.proxies = proxies or {}
         self.session = session or requests.Session()
-        self.sleeper = sleeper or (lambda seconds: time.sleep(seconds))
+        self.clock = clock
         self.timeout = timeout
 
     @property
     def provider(self) -> TokenProvider:
         return self.auth.provider
-
-    # ---- transport -------------------------------------------------------------------------
 
     def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None) -> Any:
         """Sends one API call with the retry rules below and returns the parsed JSON (None when empty)."""
@@ -815,7 +822,7 @@ class Client:
                 if retryable and attempt < MAX_RETRIES:
                     attempt += 1
                     log_debug(f"{method} {_display_path(url)}: {type(exc).__name__}, retry {attempt}")
-                    self.sleeper(backoff_seconds(attempt))
+                    self.clock.sleep(backoff_seconds(attempt))
                     continue
                 raise ApiError(connection_error_message(exc, url)) from exc
             status = response.status_code
@@ -829,12 +836,12 @@ class Client:
                 if waited + delay <= MAX_RATE_LIMIT_WAIT:
                     waited += delay
                     log_debug(f"{method} {_display_path(url)}: rate limited, waiting {delay:.0f}s")
-                    self.sleeper(delay)
+                    self.clock.sleep(delay)
                     continue
             elif status in RETRYABLE_STATUSES and is_read and attempt < MAX_RETRIES:
                 attempt += 1
                 log_debug(f"{method} {_display_path(url)}: HTTP {status}, retry {attempt}")
-                self.sleeper(backoff_seconds(attempt))
+                self.clock.sleep(backoff_seconds(attempt))
                 continue
             return response
 
@@ -888,132 +895,6 @@ class Client:
                            f"{response.status_code}. The link may have expired; request a new one.")
         return response.content
 
-    # ---- endpoints ---------------------------------------------------------------------------
-
-    def list_alerts(self, *, odata_filter: str | None = None, limit: int | None = None, offset: int = 0,
-                    expand_evidence: bool = False, order_by: str | None = None,
-                    page_size: int = MAX_PAGE_SIZE) -> list[dict]:
-        params = {"$filter": odata_filter} if odata_filter else {}
-        if expand_evidence:
-            params["$expand"] = "evidence"
-        if order_by:
-            params["$orderby"] = order_by
-        return list(self.paginate("alerts", params, limit=limit, offset=offset, page_size=page_size))
-
-    def list_machines(self, *, odata_filter: str | None = None, limit: int | None = None,
-                      offset: int = 0) -> list[dict]:
-        params = {"$filter": odata_filter} if odata_filter else {}
-        return list(self.paginate("machines", params, limit=limit, offset=offset))
-
-    # ---- machines and machine actions (endpoints) ----
-
-    def get_machine(self, machine_id: str) -> dict:
-        return self.request("GET", f"machines/{machine_id}")
-
-    def find_machines_by_ip(self, ip: str, timestamp: datetime) -> list[dict]:
-        return self.get_values(f"machines/findbyip(ip='{ip}',timestamp={format_datetime(timestamp)})")
-
-    def list_machine_logon_users(self, machine_id: str) -> list[dict]:
-        return self.get_values(f"machines/{machine_id}/logonusers")
-
-    def tag_machine(self, machine_id: str, tag: str, action: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/tags", json_body={"Value": tag, "Action": action})
-
-    def list_file_machines(self, sha1: str) -> list[dict]:
-        return self.get_values(f"files/{sha1}/machines")
-
-    def list_domain_machines(self, domain: str) -> list[dict]:
-        return self.get_values(f"domains/{segment(domain)}/machines")
-
-    def list_user_machines(self, username: str) -> list[dict]:
-        return self.get_values(f"users/{segment(username)}/machines")
-
-    def isolate_machine(self, machine_id: str, comment: str, isolation_type: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/isolate",
-                            json_body={"Comment": comment, "IsolationType": isolation_type})
-
-    def unisolate_machine(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/unisolate", json_body={"Comment": comment})
-
-    def run_antivirus_scan(self, machine_id: str, comment: str, scan_type: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/runAntiVirusScan",
-                            json_body={"Comment": comment, "ScanType": scan_type})
-
-    def restrict_code_execution(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/restrictCodeExecution", json_body={"Comment": comment})
-
-    def unrestrict_code_execution(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/unrestrictCodeExecution", json_body={"Comment": comment})
-
-    def stop_and_quarantine_file(self, machine_id: str, comment: str, sha1: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/StopAndQuarantineFile",
-                            json_body={"Comment": comment, "Sha1": sha1})
-
-    def collect_investigation_package(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/collectInvestigationPackage",
-                            json_body={"Comment": comment})
-
-    def offboard_machine(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/offboard", json_body={"Comment": comment})
-
-    def list_machine_actions(self, *, odata_filter: str | None = None, limit: int | None = None) -> list[dict]:
-        params = {"$filter": odata_filter} if odata_filter else {}
-        return list(self.paginate("machineactions", params, limit=limit))
-
-    def cancel_machine_action(self, action_id: str, comment: str) -> dict:
-        return self.request("POST", f"machineactions/{action_id}/cancel", json_body={"Comment": comment})
-
-    def get_investigation_package_uri(self, action_id: str) -> dict:
-        return self.request("GET", f"machineactions/{action_id}/getPackageUri") or {}
-
-    # ---- alerts and investigations (endpoints) ----
-
-    def get_alert(self, alert_id: str, *, expand_evidence: bool = False) -> dict:
-        params = {"$expand": "evidence"} if expand_evidence else None
-        return self.request("GET", f"alerts/{segment(alert_id)}", params=params) or {}
-
-    def update_alert(self, alert_id: str, changes: dict) -> dict:
-        return self.request("PATCH", f"alerts/{segment(alert_id)}", json_body=changes) or {}
-
-    def create_alert_by_reference(self, alert: dict) -> dict:
-        return self.request("POST", "alerts/CreateAlertByReference", json_body=alert) or {}
-
-    def get_alert_user(self, alert_id: str) -> dict:
-        return self.request("GET", f"alerts/{segment(alert_id)}/user") or {}
-
-    def list_alert_files(self, alert_id: str) -> list[dict]:
-        return self.get_values(f"alerts/{segment(alert_id)}/files")
-
-    def list_alert_ips(self, alert_id: str) -> list[dict]:
-        return self.get_values(f"alerts/{segment(alert_id)}/ips")
-
-    def list_alert_domains(self, alert_id: str) -> list[dict]:
-        return self.get_values(f"alerts/{segment(alert_id)}/domains")
-
-    def list_file_alerts(self, sha1: str) -> list[dict]:
-        return self.get_values(f"files/{sha1}/alerts")
-
-    def list_ip_alerts(self, ip: str) -> list[dict]:
-        return self.get_values(f"ips/{segment(ip)}/alerts")
-
-    def list_domain_alerts(self, domain: str) -> list[dict]:
-        return self.get_values(f"domains/{segment(domain)}/alerts")
-
-    def list_user_alerts(self, username: str) -> list[dict]:
-        return self.get_values(f"users/{segment(username)}/alerts")
-
-    def list_machine_alerts(self, machine_id: str) -> list[dict]:
-        return self.get_values(f"machines/{machine_id}/alerts")
-
-    def list_investigations(self, *, limit: int | None = None, offset: int = 0) -> list[dict]:
-        return list(self.paginate("investigations", limit=limit, offset=offset))
-
-    def get_investigation(self, investigation_id: str) -> dict:
-        return self.request("GET", f"investigations/{segment(investigation_id)}") or {}
-
-    def start_investigation(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/startInvestigation", json_body={"Comment": comment}) or {}
-
 
 def _quote_odata(value: str, safe: str = "", encoding: str | None = None, errors: str | None = None) -> str:
     return quote(value, safe="$'(),:/", encoding=encoding, errors=errors)
@@ -1030,7 +911,7 @@ def _display_path(url: str) -> str:
 
 
 # ============================================================================================
-# 5. Helpers: arguments, OData, output mapping, entries
+# 5. Shared helpers: arguments, validators, OData, entity specs and results, the registry
 # ============================================================================================
 
 
@@ -1149,6 +1030,13 @@ def format_datetime(value: datetime) -> str:
     return text + "Z"
 
 
+def required_choice(args: dict, name: str, allowed: Iterable[str]) -> str:
+    choice = arg_choice(args.get(name), name, allowed)
+    if choice is None:
+        raise ArgumentError(f"{name} is required: one of {', '.join(allowed)}.")
+    return choice
+
+
 MACHINE_ID = re.compile(r"^[0-9a-fA-F]{40}$")
 SHA1 = re.compile(r"^[0-9a-fA-F]{40}$")
 SHA256 = re.compile(r"^[0-9a-fA-F]{64}$")
@@ -1199,7 +1087,7 @@ def odata_literal(value: Any) -> str:
 
 
 class ODataFilter:
-    """Builds a `$filter` from clauses joined by `and`, escaping every literal; fields are checked
+    """Builds a `$filter` from clauses joined by `and` (and `or` groups via any_of), escaping every literal; fields are checked
     against the ones the endpoint supports so a typo fails here, not at Microsoft."""
 
     OPERATORS = ("eq", "ne", "gt", "ge", "lt", "le")
@@ -1207,6 +1095,7 @@ class ODataFilter:
     def __init__(self, fields: Iterable[str] | None = None):
         self.fields = frozenset(fields) if fields is not None else None
         self.clauses: list[str] = []
+        self.or_groups: set[int] = set()  # clauses that are `or` groups, parenthesized to combine with `and`
 
     def _field(self, name: str) -> str:
         if self.fields is not None and name not in self.fields:
@@ -1238,120 +1127,133 @@ class ODataFilter:
             self.clauses.append(parts[0] if len(parts) == 1 else "(" + " or ".join(parts) + ")")
         return self
 
-    def any_equals(self, collection: str, value: Any, member: str | None = None) -> "ODataFilter":
-        """`collection/any(x: x eq v)`, or `x/member eq v` for collections of objects."""
-        if value is not None and value != "":
-            target = f"x/{member}" if member else "x"
-            self.clauses.append(f"{self._field(collection)}/any(x: {target} eq {odata_literal(value)})")
+    def any_of(self, *alternatives: "ODataFilter") -> "ODataFilter":
+        """One clause that holds when any of the alternatives holds: `(a) or (b)`; empty ones are skipped."""
+        built = [clause for clause in (alternative.build() for alternative in alternatives) if clause]
+        if len(built) == 1:
+            self.clauses.append(built[0])
+        elif built:
+            self.or_groups.add(len(self.clauses))
+            self.clauses.append("(" + " or ".join(f"({clause})" for clause in built) + ")")
+        return self
+
+    def verbatim(self, clause: str | None) -> "ODataFilter":
+        """A clause the user wrote in OData (e.g. the `filters` argument), kept whole in parentheses."""
+        if clause:
+            self.clauses.append(f"({clause})")
         return self
 
     def build(self) -> str | None:
+        if self.clauses == self.clauses[:1] and self.or_groups == {0}:
+            return self.clauses[0][1:-1]  # a lone `or` group needs no outer parentheses
         return " and ".join(self.clauses) or None
 
 
+Failures = list[tuple[str, str]]  # (item, why it failed)
+
+
+def call_for_each(items: list[str], call: Callable[[str], Any], what: str) -> tuple[list[tuple[str, Any]], Failures]:
+    """Calls the API once per item and keeps going past failures; fails only when every item failed."""
+    done: list[tuple[str, Any]] = []
+    failed: Failures = []
+    for item in items:
+        try:
+            done.append((item, call(item)))
+        except ApiError as exc:
+            failed.append((item, str(exc)))
+    if failed and not done:
+        raise IntegrationError(f"{what} failed for every item:\n" + "\n".join(f"- {i}: {e}" for i, e in failed))
+    return done, failed
+
+
+@dataclass(frozen=True)
+class Paging:
+    limit: int | None  # None: every match
+    offset: int
+
+
+def paging_args(args: dict, default_limit: int = 50) -> Paging:
+    """The paging arguments every list command shares. `all_results` walks every match; `limit` with `offset`
+    (or with `page`, counted in pages of `limit`) gives a slice; `page_size` with `page_num` is the same in
+    pages; without any of them, the first `default_limit` records."""
+    if arg_to_bool(args.get("all_results"), "all_results"):
+        return Paging(None, 0)
+    limit = arg_to_int(args.get("limit"), "limit", minimum=1)
+    offset = arg_to_int(args.get("offset"), "offset", minimum=0)
+    page = arg_to_int(args.get("page"), "page", minimum=1)
+    page_size = arg_to_int(args.get("page_size"), "page_size", minimum=1, maximum=MAX_PAGE_SIZE)
+    page_num = arg_to_int(args.get("page_num"), "page_num", minimum=1)
+    if limit is None and (page_size is not None or page_num is not None):
+        size = int(page_size or default_limit)
+        return Paging(size, (int(page_num or 1) - 1) * size)
+    limit = int(limit or default_limit)
+    if offset is None:
+        offset = (int(page) - 1) * limit if page else 0
+    return Paging(limit, int(offset))
+
+
 # Output mapping is data: per entity, Microsoft's camelCase field -> the context key playbooks read.
-# A value of (key, entity) maps a nested object or list of objects with that entity's table.
-ENTITY_FIELDS: dict[str, dict[str, Any]] = {
-    # ---- machines and machine actions (entities) ----
-    "Machine": {
-        "id": "ID", "computerDnsName": "ComputerDNSName", "firstSeen": "FirstSeen", "lastSeen": "LastSeen",
-        "osPlatform": "OSPlatform", "osVersion": "OSVersion", "version": "OSVersion", "osProcessor": "OSProcessor",
-        "osArchitecture": "OSArchitecture", "osBuild": "OSBuild", "lastIpAddress": "LastIPAddress",
-        "lastExternalIpAddress": "LastExternalIPAddress", "healthStatus": "HealthStatus",
-        "onboardingStatus": "OnboardingStatus", "rbacGroupId": "RBACGroupID", "rbacGroupName": "RBACGroupName",
-        "riskScore": "RiskScore", "exposureLevel": "ExposureLevel", "deviceValue": "DeviceValue",
-        "isAadJoined": "IsAADJoined", "aadDeviceId": "AADDeviceID", "machineTags": "MachineTags",
-        "ipAddresses": ("IPAddresses", "MachineIPAddress"), "agentVersion": "AgentVersion",
-    },
-    "MachineIPAddress": {
-        "ipAddress": "ipAddress", "macAddress": "MACAddress", "operationalStatus": "operationalStatus", "type": "type",
-    },
-    "MachineAction": {
-        "id": "ID", "type": "Type", "scope": "Scope", "requestor": "Requestor", "requestorComment": "RequestorComment",
-        "status": "Status", "machineId": "MachineID", "computerDnsName": "ComputerDNSName",
-        "creationDateTimeUtc": "CreationDateTimeUtc", "lastUpdateTimeUtc": "LastUpdateTimeUtc",
-        "lastUpdateDateTimeUtc": "LastUpdateTimeUtc", "cancellationRequestor": "CancellationRequestor",
-        "cancellationComment": "CancellationComment", "cancellationDateTimeUtc": "CancellationDateTimeUtc",
-        "relatedFileInfo": ("RelatedFileInfo", "RelatedFileInfo"),
-    },
-    "RelatedFileInfo": {"fileIdentifier": "FileIdentifier", "fileIdentifierType": "FileIdentifierType"},
-    # ---- alerts and investigations (entities) ----
-    # Evidence and relatedUser pass through in Microsoft's camelCase: existing playbooks read them that way.
-    "Alert": {
-        "id": "ID", "incidentId": "IncidentID", "investigationId": "InvestigationID",
-        "investigationState": "InvestigationState", "assignedTo": "AssignedTo", "severity": "Severity",
-        "status": "Status", "classification": "Classification", "determination": "Determination",
-        "detectionSource": "DetectionSource", "detectorId": "DetectorID", "category": "Category",
-        "threatFamilyName": "ThreatFamilyName", "threatName": "ThreatName", "title": "Title",
-        "description": "Description", "alertCreationTime": "AlertCreationTime", "firstEventTime": "FirstEventTime",
-        "lastEventTime": "LastEventTime", "lastUpdateTime": "LastUpdateTime", "resolvedTime": "ResolvedTime",
-        "machineId": "MachineID", "computerDnsName": "ComputerDNSName", "rbacGroupName": "RBACGroupName",
-        "aadTenantId": "AADTenantID", "mitreTechniques": "MitreTechniques", "relatedUser": "RelatedUser",
-        "comments": ("Comments", "AlertComment"), "evidence": "Evidence",
-    },
-    "AlertComment": {"comment": "Comment", "createdBy": "CreatedBy", "createdTime": "CreatedTime"},
-    "User": {  # a machine's logon users and an alert's user
-        "id": "ID", "accountName": "AccountName", "accountDomain": "AccountDomain", "accountSid": "AccountSID",
-        "firstSeen": "FirstSeen", "lastSeen": "LastSeen", "mostPrevalentMachineId": "MostPrevalentMachineID",
-        "leastPrevalentMachineId": "LeastPrevalentMachineID", "logonTypes": "LogonTypes",
-        "logOnMachinesCount": "LogonCount", "isDomainAdmin": "DomainAdmin", "isOnlyNetworkUser": "NetworkUser",
-    },
-    "AlertFile": {
-        "sha1": "Sha1", "sha256": "Sha256", "md5": "Md5", "globalPrevalence": "GlobalPrevalence",
-        "globalFirstObserved": "GlobalFirstObserved", "globalLastObserved": "GlobalLastObserved", "size": "Size",
-        "fileType": "FileType", "isPeFile": "IsPeFile", "filePublisher": "FilePublisher",
-        "fileProductName": "FileProductName", "signer": "Signer", "issuer": "Issuer", "signerHash": "SignerHash",
-        "isValidCertificate": "IsValidCertificate", "determinationType": "DeterminationType",
-        "determinationValue": "DeterminationValue",
-    },
-    "AlertIP": {"id": "IpAddress"},
-    "AlertDomain": {"host": "Domain"},
-    "Investigation": {
-        "id": "ID", "startTime": "StartTime", "endTime": "EndTime", "state": "State", "cancelledBy": "CancelledBy",
-        "statusDetails": "StatusDetails", "machineId": "MachineID", "computerDnsName": "ComputerDNSName",
-        "triggeringAlertId": "TriggeringAlertID",
-    },
-}
+@dataclass(frozen=True)
+class EntitySpec:
+    """How one kind of API record appears in context and in tables."""
+
+    fields: dict[str, Any]  # API field -> context key, or (context key, nested EntitySpec) for objects and lists
+    path: str = ""  # context path under the integration's prefix, e.g. "Machine"
+    key: tuple[str, ...] = ("ID",)  # the fields that identify a record in context (the merge rule)
+    headers: tuple[str, ...] = ()  # table columns; every mapped key when empty
+    derived: Callable[[dict], dict] | None = None  # context keys computed from the whole record
+
+    def context_key(self, path: str | None = None, key: tuple[str, ...] | None = None) -> str:
+        return context_key(f"{CONTEXT_PREFIX}.{path or self.path}", *(self.key if key is None else key))
+
+    def extend(self, **changes: Any) -> "EntitySpec":
+        return replace(self, **changes)
 
 
-# The older integration wrote offboarding results under their own path, with two keys in camelCase.
-ENTITY_FIELDS["OffboardMachine"] = {**ENTITY_FIELDS["MachineAction"], "cancellationDateTimeUtc": "cancellationDateTimeUtc",
-                                    "troubleshootInfo": "troubleshootInfo"}
-
-
-def to_context(record: dict | None, entity: str) -> dict:
+def to_context(record: dict | None, spec: EntitySpec) -> dict:
     """Maps one API record to context keys with the entity's field table; unknown fields are dropped."""
-    if not record:
+    if not isinstance(record, dict) or not record:
         return {}
     mapped: dict[str, Any] = {}
-    for api_name, target in ENTITY_FIELDS[entity].items():
+    for api_name, target in spec.fields.items():
         key = target[0] if isinstance(target, tuple) else target
         if api_name not in record or (record[api_name] is None and key in mapped):
             continue  # a key fed by two API names (Microsoft spells some fields two ways): null never wins
         value = record[api_name]
         if isinstance(target, tuple):
-            key, nested = target
+            nested = target[1]
             if isinstance(value, list):
                 value = [to_context(item, nested) if isinstance(item, dict) else item for item in value]
             elif isinstance(value, dict):
                 value = to_context(value, nested)
-            mapped[key] = value
-        else:
-            mapped[target] = value
+        mapped[key] = value
+    if spec.derived:
+        mapped.update(spec.derived(record))
     return mapped
 
 
-def context_key(path: str, key_field: str | None = "ID") -> str:
-    return f"{path}(val.{key_field} && val.{key_field} == obj.{key_field})" if key_field else path
+def context_key(path: str, *key_fields: str) -> str:
+    """A context path with its merge rule: records with equal key fields replace each other."""
+    if not key_fields:
+        return path
+    rule = " && ".join(f"val.{name} && val.{name} == obj.{name}" if i == 0 else f"val.{name} == obj.{name}"
+                       for i, name in enumerate(key_fields))
+    return f"{path}({rule})"
 
 
-def markdown_table(title: str, rows: list[dict] | dict, headers: list[str] | None = None) -> str:
-    """A markdown table, as the War Room shows it; nested values are shown as compact JSON."""
+TABLE_ROW_LIMIT = 50  # rows shown in a War Room table; every record is still in context
+TABLE_CHAR_LIMIT = 100_000  # markdown characters per table
+
+
+def markdown_table(title: str, rows: list[dict] | dict, headers: Iterable[str] | None = None,
+                   total: int | None = None, where: str = "context") -> str:
+    """A markdown table as the War Room shows it, at most TABLE_ROW_LIMIT rows and TABLE_CHAR_LIMIT characters;
+    nested values are shown as compact JSON. `total` counts rows that were not even passed in."""
     rows = [rows] if isinstance(rows, dict) else rows
     lines = [f"### {title}"] if title else []
     if not rows:
         return "\n".join([*lines, "**No entries.**"])
-    headers = headers or list(dict.fromkeys(key for row in rows for key in row))
+    headers = list(headers or dict.fromkeys(key for row in rows[:TABLE_ROW_LIMIT] for key in row))
 
     def cell(value: Any) -> str:
         if value is None:
@@ -1363,7 +1265,17 @@ def markdown_table(title: str, rows: list[dict] | dict, headers: list[str] | Non
 
     lines.append("|" + "|".join(headers) + "|")
     lines.append("|" + "|".join("---" for _ in headers) + "|")
-    lines.extend("|" + "|".join(cell(row.get(h)) for h in headers) + "|" for row in rows)
+    size, shown = sum(len(line) + 1 for line in lines), 0
+    for row in rows[:TABLE_ROW_LIMIT]:
+        line = "|" + "|".join(cell(row.get(h)) for h in headers) + "|"
+        if size + len(line) > TABLE_CHAR_LIMIT:
+            break
+        lines.append(line)
+        size, shown = size + len(line) + 1, shown + 1
+    total = len(rows) if total is None else total
+    if shown < total:
+        lines.append(f"\nShowing {shown} of {total} rows; all {total} are in {where}. Narrow the query, or page "
+                     "with limit and offset (or page_size and page_num), to see other rows here.")
     return "\n".join(lines)
 
 
@@ -1394,6 +1306,52 @@ class CommandResult:
         return entry
 
 
+RAW_RECORD_LIMIT = TABLE_ROW_LIMIT  # past this many records, Contents says where they are instead of copying them
+
+
+def entity_result(spec: EntitySpec, records: Iterable[dict] | dict | None, title: str, *, path: str | None = None,
+                  group: tuple[str, Any, str] | None = None, extra: Callable[[dict], dict] | None = None,
+                  failed: Failures | None = None, failure_label: str = "Item") -> CommandResult:
+    """The one way a command returns records: each mapped with `spec` into context (`extra` adds keys per record),
+    a bounded table, and the raw records. `group=(key field, key, items key)` writes
+    `{key field: key, items key: records}` under the path, as the older integration did for a file's or a
+    user's alerts. Records may be an iterator: pages are mapped as they arrive and raw copies are not kept
+    past RAW_RECORD_LIMIT, so a 50,000-machine listing holds one mapped copy."""
+    single = isinstance(records, dict)
+    rows: list[dict] = []
+    raw: list[dict] = []
+    count = 0
+    for record in ([records] if single else records or []):
+        if not isinstance(record, dict) or not record:
+            continue
+        count += 1
+        rows.append({**to_context(record, spec), **(extra(record) if extra else {})})
+        if count <= RAW_RECORD_LIMIT:
+            raw.append(record)
+    path = path or spec.path
+    outputs: dict[str, Any] = {}
+    if group:
+        key_field, key, items_key = group
+        outputs[context_key(f"{CONTEXT_PREFIX}.{path}", key_field)] = {
+            key_field: key, items_key: (rows[0] if rows else {}) if single else rows}
+    elif rows:
+        outputs[spec.context_key(path)] = rows
+    readable = markdown_table(title, rows, spec.headers or None, where=f"context under {CONTEXT_PREFIX}.{path}")
+    readable += failures_readable(failed or [], failure_label)
+    contents: Any = (raw[0] if raw else {}) if single else raw
+    if count > RAW_RECORD_LIMIT:
+        contents = {"count": count, "context_path": f"{CONTEXT_PREFIX}.{path}",
+                    "note": f"{count} records: mapped into context; the first {RAW_RECORD_LIMIT} are in 'sample'.",
+                    "sample": raw}
+    return CommandResult(readable, outputs, raw=contents)
+
+
+def failures_readable(failed: Failures, label: str) -> str:
+    if not failed:
+        return ""
+    return "\n\n" + markdown_table("Failed", [{label: item, "Error": error} for item, error in failed])
+
+
 def file_entry(filename: str, data: bytes) -> dict:
     """Writes the bytes where the platform collects files and returns the file entry."""
     file_id = demisto.uniqueFile()
@@ -1411,22 +1369,46 @@ def jwt_claims(token: str) -> dict:
         raise AuthError("The access token is not a JWT, so its permissions cannot be listed.") from exc
 
 
+@dataclass(frozen=True)
+class Command:
+    func: Callable[..., Any]
+    roles: tuple[str, ...] = ()  # any one of these application permissions allows the command
+    takes_params: bool = False  # test-module and fetch-incidents read the instance parameters, not arguments
+
+
+COMMANDS: dict[str, Command] = {}  # filled by @command in each area's region; main() dispatches from it
+
+
+def command(name: str, roles: Iterable[str] = (), *, takes_params: bool = False) -> Callable:
+    """Registers the decorated function as the implementation of the yml command `name`."""
+    def register(func: Callable) -> Callable:
+        if name in COMMANDS:
+            raise RuntimeError(f"{name} is registered twice")
+        COMMANDS[name] = Command(func, tuple(roles), takes_params)
+        return func
+    return register
+
+
+# Application permissions that commands of several areas need.
+MACHINE_READ = ("Machine.Read.All", "Machine.ReadWrite.All")
+ALERT_READ = ("Alert.Read.All", "Alert.ReadWrite.All")
+
+
 # ============================================================================================
-# 6. Commands
+# 6.1 Auth and connection
 # ============================================================================================
 
-# ---- authentication and connectivity ----------------------------------------------------------
 
-
-def check_connection(client: Client) -> None:
+def check_connection(client: "Client") -> None:
     """One cheap call that needs a token and an API permission."""
     client.list_alerts(limit=1)
 
 
-def test_module_command(client: Client, params: dict) -> str:
+@command("test-module", ALERT_READ, takes_params=True)
+def test_module_command(client: "Client", params: dict) -> str:
     """The Test button: the connection, and the fetch settings when fetching is on."""
     if arg_to_bool(params.get("isFetch"), "isFetch (Fetch incidents)"):
-        fetch_settings_from_params(params)
+        fetch_settings_from_params(params, now=client.clock.utcnow())
     if client.provider.flow == FLOW_AUTH_CODE:
         # The Test button's run does not keep the integration context, so exchanging the one-time
         # code here would burn it. Explain the steps instead.
@@ -1437,12 +1419,14 @@ def test_module_command(client: Client, params: dict) -> str:
     return "ok"
 
 
-def test_connection_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-test", ALERT_READ)
+def test_connection_command(client: "Client", args: dict) -> CommandResult:
     check_connection(client)
     return CommandResult(readable="✅ Success! The integration reached the Defender API with a valid token.")
 
 
-def generate_login_url_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-generate-login-url")
+def generate_login_url_command(client: "Client", args: dict) -> CommandResult:
     provider = client.provider
     if not isinstance(provider, AuthorizationCodeProvider):
         raise ConfigurationError("!microsoft-atp-generate-login-url is for the Authorization Code flow. Set "
@@ -1459,13 +1443,15 @@ def generate_login_url_command(client: Client, args: dict) -> CommandResult:
     return CommandResult(readable=readable, raw={"login_url": url})
 
 
-def auth_reset_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-auth-reset")
+def auth_reset_command(client: "Client", args: dict) -> CommandResult:
     client.provider.reset()
     return CommandResult(readable="Authorization was reset: stored access and refresh tokens were removed. "
                                   "Update the credentials if needed, then run !microsoft-atp-test (or press Test).")
 
 
-def list_auth_permissions_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-list-auth-permissions")
+def list_auth_permissions_command(client: "Client", args: dict) -> CommandResult:
     claims = jwt_claims(client.provider.get_token())
     granted = set(claims.get("roles") or []) | set(str(claims.get("scp") or "").split())
     blocked: dict[str, list[str]] = {}
@@ -1480,48 +1466,93 @@ def list_auth_permissions_command(client: Client, args: dict) -> CommandResult:
     return CommandResult(readable=readable, raw={"roles": sorted(granted), "missing": rows})
 
 
-# ---- machines and machine actions (commands) ----------------------------------------------------
+# ============================================================================================
+# 6.2 Machines
+# ============================================================================================
 
-MACHINE_PATH = f"{CONTEXT_PREFIX}.Machine"
-MACHINE_ACTION_PATH = f"{CONTEXT_PREFIX}.MachineAction"
-ENDPOINT_KEY = "Endpoint(val.ID && val.ID == obj.ID && val.Vendor == obj.Vendor)"
-MACHINE_USER_KEY = f"{CONTEXT_PREFIX}.MachineUser(val.ID && val.ID == obj.ID && val.MachineID == obj.MachineID)"
+
 MACHINE_FILTER_FIELDS = ("computerDnsName", "id", "version", "deviceValue", "aadDeviceId", "machineTags", "lastSeen",
                          "exposureLevel", "onboardingStatus", "lastIpAddress", "healthStatus", "osPlatform",
                          "riskScore", "rbacGroupId")
-MACHINE_ACTION_FILTER_FIELDS = ("id", "status", "machineId", "type", "requestor", "creationDateTimeUtc")
 HEALTH_STATUSES = ("Active", "Inactive", "ImpairedCommunication", "NoSensorData", "NoSensorDataImpairedCommunication",
                    "Unknown")
 RISK_SCORES = ("None", "Informational", "Low", "Medium", "High")
-ACTION_STATUSES = ("Pending", "InProgress", "Succeeded", "Failed", "TimeOut", "Cancelled")
-FINAL_ACTION_STATUSES = frozenset({"Succeeded", "Failed", "TimeOut", "Cancelled"})
-ACTION_TYPES = ("RunAntiVirusScan", "Offboard", "LiveResponse", "CollectInvestigationPackage", "Isolate", "Unisolate",
-                "StopAndQuarantineFile", "RestrictCodeExecution", "UnrestrictCodeExecution")
-ISOLATION_TYPES = ("Full", "Selective", "UnManagedDevice")
-SCAN_TYPES = ("Quick", "Full")
 TAG_ACTIONS = ("Add", "Remove")
 FIND_BY_IP_MAX_AGE = timedelta(days=30)  # Microsoft answers 400 for older timestamps
 CLOCK_SKEW = timedelta(minutes=5)
-DEFAULT_POLL_INTERVAL = 10  # seconds
-DEFAULT_POLL_TIMEOUT = 600
-DEFAULT_RESTRICT_COMMENT = "App execution restricted from Cortex XSOAR."
-ACTION_ID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
-MACHINE_HEADERS = ["ID", "ComputerDNSName", "OSPlatform", "LastIPAddress", "LastExternalIPAddress", "HealthStatus",
-                   "RiskScore", "ExposureLevel", "LastSeen", "MachineTags"]
-ACTION_HEADERS = ["ID", "Type", "Status", "MachineID", "ComputerDNSName", "Requestor", "RequestorComment",
-                  "CreationDateTimeUtc", "LastUpdateTimeUtc"]
-OUTCOME_HEADERS = ["Machine", "Action ID", "Type", "Status", "Pre-existing", "Details"]
-MACHINE_READ = ("Machine.Read.All", "Machine.ReadWrite.All")
-# An action command is listed with the permission that creates its action; polling also needs one of MACHINE_READ.
-ACTION_ROLES = ("Machine.Isolate", "Machine.RestrictExecution", "Machine.Scan", "Machine.CollectForensics",
-                "Machine.StopAndQuarantine", "Machine.Offboard", "Machine.LiveResponse")
 
 
-def validate_action_id(value: str, name: str = "action_id") -> str:
-    if not ACTION_ID.match(value.strip()):
-        raise ArgumentError(f"{name} must be a machine action ID, a GUID such as 7a3e8c1d-5b2f-4e6a-9c0d-1f2e3a4b5c6d "
-                            f"(got '{value}'). Find IDs with !microsoft-atp-list-machine-actions-details.")
-    return value.strip()
+ENDPOINT_KEY = "Endpoint(val.ID && val.ID == obj.ID && val.Vendor == obj.Vendor)"
+
+
+MACHINE_IP_ADDRESS = EntitySpec({
+    "ipAddress": "ipAddress", "macAddress": "MACAddress", "operationalStatus": "operationalStatus", "type": "type",
+})
+
+
+def network_interfaces(machine: dict) -> dict:
+    """The machine's addresses grouped by network adapter (MAC address), as `NetworkInterfaces`."""
+    by_mac: dict[str, dict] = {}
+    for address in machine.get("ipAddresses") or []:
+        mac = address.get("macAddress") or ""
+        interface = by_mac.setdefault(mac, {"MACAddress": mac, "IPAddresses": [], "Type": address.get("type"),
+                                            "Status": address.get("operationalStatus")})
+        if address.get("ipAddress"):
+            interface["IPAddresses"].append(address["ipAddress"])
+    return {"NetworkInterfaces": list(by_mac.values())} if by_mac else {}
+
+
+MACHINE = EntitySpec({
+    "id": "ID", "computerDnsName": "ComputerDNSName", "firstSeen": "FirstSeen", "lastSeen": "LastSeen",
+    "osPlatform": "OSPlatform", "osVersion": "OSVersion", "version": "OSVersion", "osProcessor": "OSProcessor",
+    "osArchitecture": "OSArchitecture", "osBuild": "OSBuild", "lastIpAddress": "LastIPAddress",
+    "lastExternalIpAddress": "LastExternalIPAddress", "healthStatus": "HealthStatus",
+    "onboardingStatus": "OnboardingStatus", "rbacGroupId": "RBACGroupID", "rbacGroupName": "RBACGroupName",
+    "riskScore": "RiskScore", "exposureLevel": "ExposureLevel", "deviceValue": "DeviceValue",
+    "isAadJoined": "IsAADJoined", "aadDeviceId": "AADDeviceID", "machineTags": "MachineTags",
+    "ipAddresses": ("IPAddresses", MACHINE_IP_ADDRESS), "agentVersion": "AgentVersion",
+}, path="Machine", headers=("ID", "ComputerDNSName", "OSPlatform", "LastIPAddress", "LastExternalIPAddress",
+                            "HealthStatus", "RiskScore", "ExposureLevel", "LastSeen", "MachineTags"),
+    derived=network_interfaces)
+USER = EntitySpec({  # a machine's logon users and an alert's user
+    "id": "ID", "accountName": "AccountName", "accountDomain": "AccountDomain", "accountSid": "AccountSID",
+    "firstSeen": "FirstSeen", "lastSeen": "LastSeen", "mostPrevalentMachineId": "MostPrevalentMachineID",
+    "leastPrevalentMachineId": "LeastPrevalentMachineID", "logonTypes": "LogonTypes",
+    "logOnMachinesCount": "LogonCount", "isDomainAdmin": "DomainAdmin", "isOnlyNetworkUser": "NetworkUser",
+})
+MACHINE_USER = USER.extend(path="MachineUser", key=("ID", "MachineID"), headers=(
+    "ID", "AccountName", "AccountDomain", "MachineID", "FirstSeen", "LastSeen", "LogonTypes", "DomainAdmin",
+    "NetworkUser"))
+
+
+class MachinesApi:
+    """Defender API calls of the machines area (mixed into Client)."""
+
+    def list_machines(self, *, odata_filter: str | None = None, limit: int | None = None,
+                      offset: int = 0) -> Iterator[dict]:
+        params = {"$filter": odata_filter} if odata_filter else {}
+        return self.paginate("machines", params, limit=limit, offset=offset)
+
+    def get_machine(self, machine_id: str) -> dict:
+        return self.request("GET", f"machines/{machine_id}")
+
+    def find_machines_by_ip(self, ip: str, timestamp: datetime) -> list[dict]:
+        return self.get_values(f"machines/findbyip(ip='{ip}',timestamp={format_datetime(timestamp)})")
+
+    def list_machine_logon_users(self, machine_id: str) -> list[dict]:
+        return self.get_values(f"machines/{machine_id}/logonusers")
+
+    def tag_machine(self, machine_id: str, tag: str, action: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/tags", json_body={"Value": tag, "Action": action})
+
+    def list_file_machines(self, sha1: str) -> list[dict]:
+        return self.get_values(f"files/{sha1}/machines")
+
+    def list_domain_machines(self, domain: str) -> list[dict]:
+        return self.get_values(f"domains/{segment(domain)}/machines")
+
+    def list_user_machines(self, username: str) -> list[dict]:
+        return self.get_values(f"users/{segment(username)}/machines")
 
 
 def machine_ids_arg(args: dict, name: str = "machine_id") -> list[str]:
@@ -1529,59 +1560,6 @@ def machine_ids_arg(args: dict, name: str = "machine_id") -> list[str]:
     if not ids:
         raise ArgumentError(f"{name} is required: one or more machine IDs, comma-separated.")
     return list(dict.fromkeys(ids))
-
-
-def required_choice(args: dict, name: str, allowed: Iterable[str]) -> str:
-    choice = arg_choice(args.get(name), name, allowed)
-    if choice is None:
-        raise ArgumentError(f"{name} is required: one of {', '.join(allowed)}.")
-    return choice
-
-
-Failures = list[tuple[str, str]]  # (item, why it failed)
-
-
-def call_for_each(items: list[str], call: Callable[[str], Any], what: str) -> tuple[list[tuple[str, Any]], Failures]:
-    """Calls the API once per item and keeps going past failures; fails only when every item failed."""
-    done: list[tuple[str, Any]] = []
-    failed: Failures = []
-    for item in items:
-        try:
-            done.append((item, call(item)))
-        except ApiError as exc:
-            failed.append((item, str(exc)))
-    if failed and not done:
-        raise IntegrationError(f"{what} failed for every item:\n" + "\n".join(f"- {i}: {e}" for i, e in failed))
-    return done, failed
-
-
-def failures_readable(failed: Failures, label: str) -> str:
-    if not failed:
-        return ""
-    return "\n\n" + markdown_table("Failed", [{label: item, "Error": error} for item, error in failed])
-
-
-# ---- machines: output -------------------------------------------------------------------------
-
-
-def machine_context(machine: dict) -> dict:
-    context = to_context(machine, "Machine")
-    interfaces = network_interfaces(machine.get("ipAddresses") or [])
-    if interfaces:
-        context["NetworkInterfaces"] = interfaces
-    return context
-
-
-def network_interfaces(ip_addresses: list[dict]) -> list[dict]:
-    """The machine's addresses grouped by network adapter (MAC address)."""
-    by_mac: dict[str, dict] = {}
-    for address in ip_addresses:
-        mac = address.get("macAddress") or ""
-        interface = by_mac.setdefault(mac, {"MACAddress": mac, "IPAddresses": [], "Type": address.get("type"),
-                                            "Status": address.get("operationalStatus")})
-        if address.get("ipAddress"):
-            interface["IPAddresses"].append(address["ipAddress"])
-    return list(by_mac.values())
 
 
 def endpoint_context(machine: dict, isolated: bool | None = None) -> dict:
@@ -1599,7 +1577,7 @@ def endpoint_context(machine: dict, isolated: bool | None = None) -> dict:
 ISOLATION_LOOKUP_BATCH = 50  # machines per machineactions request, to keep the filter short
 
 
-def isolation_states(client: Client, machine_ids: list[str]) -> dict[str, bool]:
+def isolation_states(client: "Client", machine_ids: list[str]) -> dict[str, bool]:
     """Whether each machine is isolated. The machine record does not say, so this reads the newest succeeded
     Isolate or Unisolate action of each machine: one request per 50 machines. Empty when it cannot be read."""
     states = dict.fromkeys((machine_id.lower() for machine_id in machine_ids), False)
@@ -1616,103 +1594,87 @@ def isolation_states(client: Client, machine_ids: list[str]) -> dict[str, bool]:
     return states
 
 
-def machines_result(title: str, machines: list[dict], *, isolation: dict[str, bool] | None = None,
+def machines_result(title: str, machines: Iterable[dict], *, isolation: dict[str, bool] | None = None,
                     failed: Failures | None = None, label: str = "Machine ID") -> CommandResult:
     """Machines in context and a table; with `isolation` (machine id -> isolated) also the Endpoint context."""
-    contexts = [machine_context(machine) for machine in machines]
-    outputs: dict[str, Any] = {}
-    if contexts:
-        outputs[context_key(MACHINE_PATH)] = contexts
-        if isolation is not None:
-            outputs[ENDPOINT_KEY] = [endpoint_context(machine, isolation.get(str(machine.get("id")).lower()))
-                                     for machine in machines]
-    readable = markdown_table(title, contexts, MACHINE_HEADERS) + failures_readable(failed or [], label)
-    return CommandResult(readable, outputs, raw=machines)
+    if isolation is None:
+        return entity_result(MACHINE, machines, title, failed=failed, failure_label=label)
+    machines = list(machines)
+    result = entity_result(MACHINE, machines, title, failed=failed, failure_label=label)
+    if machines:
+        result.outputs[ENDPOINT_KEY] = [endpoint_context(machine, isolation.get(str(machine.get("id")).lower()))
+                                        for machine in machines]
+    return result
 
 
-# ---- machines: commands -----------------------------------------------------------------------
-
-
-def machine_paging(args: dict) -> tuple[int | None, int]:
-    """(limit, offset): all_results walks every match; else `limit` gives the first N; else one page."""
-    all_results = arg_to_bool(args.get("all_results"), "all_results", False)
-    limit = arg_to_int(args.get("limit"), "limit", minimum=1)
-    page_size = arg_to_int(args.get("page_size"), "page_size", default=50, minimum=1, maximum=MAX_PAGE_SIZE)
-    page_num = arg_to_int(args.get("page_num"), "page_num", default=1, minimum=1)
-    if all_results:
-        return None, 0
-    if limit is not None:
-        return limit, 0
-    return page_size, (page_num - 1) * page_size
-
-
-def get_machines_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-machines", MACHINE_READ)
+def get_machines_command(client: "Client", args: dict) -> CommandResult:
     odata = ODataFilter(MACHINE_FILTER_FIELDS)
     odata.startswith_any("computerDnsName", arg_to_list(args.get("hostname")))
     odata.one_of("lastIpAddress", [validate_ip(ip) for ip in arg_to_list(args.get("ip"))])
     odata.one_of("riskScore", [arg_choice(v, "risk_score", RISK_SCORES) for v in arg_to_list(args.get("risk_score"))])
     odata.eq("healthStatus", arg_choice(args.get("health_status"), "health_status", HEALTH_STATUSES))
     odata.eq("osPlatform", str(args.get("os_platform") or "").strip())
-    limit, offset = machine_paging(args)
-    machines = client.list_machines(odata_filter=odata.build(), limit=limit, offset=offset)
+    paging = paging_args(args)
+    machines = client.list_machines(odata_filter=odata.build(), limit=paging.limit, offset=paging.offset)
     return machines_result("Machines", machines)
 
 
-def endpoint_filter(ids: list[str], ips: list[str], hostnames: list[str]) -> str:
+def endpoint_filter(ids: list[str], ips: list[str], hostnames: list[str]) -> str | None:
     """Machines matching any of the values; a hostname matches the name itself or as the start of an FQDN."""
-    clauses = [
-        ODataFilter(MACHINE_FILTER_FIELDS).one_of("id", ids).build(),
-        ODataFilter(MACHINE_FILTER_FIELDS).one_of("lastIpAddress", ips).build(),
-        ODataFilter(MACHINE_FILTER_FIELDS).one_of("computerDnsName", hostnames).build(),
-        ODataFilter(MACHINE_FILTER_FIELDS).startswith_any("computerDnsName", [f"{h}." for h in hostnames]).build(),
-    ]
-    clauses = [clause for clause in clauses if clause]
-    return clauses[0] if len(clauses) == 1 else " or ".join(f"({clause})" for clause in clauses)
+    def fields() -> ODataFilter:
+        return ODataFilter(MACHINE_FILTER_FIELDS)
+
+    return fields().any_of(
+        fields().one_of("id", ids), fields().one_of("lastIpAddress", ips),
+        fields().one_of("computerDnsName", hostnames),
+        fields().startswith_any("computerDnsName", [f"{h}." for h in hostnames])).build()
 
 
-def endpoint_command(client: Client, args: dict) -> CommandResult:
+@command("endpoint", MACHINE_READ)
+def endpoint_command(client: "Client", args: dict) -> CommandResult:
     ids = [validate_machine_id(value, "id") for value in arg_to_list(args.get("id"))]
     ips = [validate_ip(value) for value in arg_to_list(args.get("ip"))]
     hostnames = arg_to_list(args.get("hostname"))
     if not (ids or ips or hostnames):
         raise ArgumentError("endpoint needs at least one of id, ip or hostname.")
-    machines = client.list_machines(odata_filter=endpoint_filter(ids, ips, hostnames))
+    machines = list(client.list_machines(odata_filter=endpoint_filter(ids, ips, hostnames)))
     return machines_result("Endpoints", machines, isolation=isolation_states(client, [m["id"] for m in machines]))
 
 
-def get_machine_by_ip_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-machine-by-ip", MACHINE_READ)
+def get_machine_by_ip_command(client: "Client", args: dict) -> CommandResult:
     ip = validate_ip(arg_required(args, "ip"))
-    now = datetime.now(timezone.utc)
+    now = client.clock.utcnow()
     timestamp = arg_to_datetime(arg_required(args, "timestamp"), "timestamp", now=now)
     if timestamp < now - FIND_BY_IP_MAX_AGE or timestamp > now + CLOCK_SKEW:
         raise ArgumentError(f"timestamp must be within the last 30 days, as Microsoft only searches that far back "
                             f"(got '{args.get('timestamp')}').")
-    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=1)
-    all_results = arg_to_bool(args.get("all_results"), "all_results", False)
+    paging = paging_args(args)
     machines = client.find_machines_by_ip(ip, timestamp)
-    if not all_results:
-        machines = machines[:limit]
+    if paging.limit is not None:
+        machines = machines[paging.offset:paging.offset + paging.limit]
     return machines_result(f"Machines that used {ip} around {format_datetime(timestamp)}", machines,
                            isolation=isolation_states(client, [m["id"] for m in machines]))
 
 
-def get_machine_details_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-machine-details", MACHINE_READ)
+def get_machine_details_command(client: "Client", args: dict) -> CommandResult:
     found, failed = call_for_each(machine_ids_arg(args), client.get_machine, "Getting machine details")
     return machines_result("Machine details", [machine for _, machine in found], failed=failed)
 
 
-def get_machine_users_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-machine-users", ("User.Read.All",))
+def get_machine_users_command(client: "Client", args: dict) -> CommandResult:
     found, failed = call_for_each(machine_ids_arg(args), client.list_machine_logon_users, "Listing logon users")
-    users = [{**to_context(user, "User"), "MachineID": machine_id} for machine_id, logons in found
-             for user in logons]
-    readable = markdown_table("Users who logged on to the machine", users, [
-        "ID", "AccountName", "AccountDomain", "MachineID", "FirstSeen", "LastSeen", "LogonTypes", "DomainAdmin",
-        "NetworkUser"]) + failures_readable(failed, "Machine ID")
-    return CommandResult(readable, {MACHINE_USER_KEY: users} if users else {},
-                         raw=[user for _, logons in found for user in logons])
+    users = [{**user, "machineId": machine_id} for machine_id, logons in found for user in logons]
+    return entity_result(MACHINE_USER, users, "Users who logged on to the machine",
+                         extra=lambda user: {"MachineID": user["machineId"]}, failed=failed,
+                         failure_label="Machine ID")
 
 
-def add_remove_machine_tag_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-add-remove-machine-tag", ("Machine.ReadWrite.All",))
+def add_remove_machine_tag_command(client: "Client", args: dict) -> CommandResult:
     machine_ids = machine_ids_arg(args)
     action = required_choice(args, "action", TAG_ACTIONS)
     tag = arg_required(args, "tag")
@@ -1722,44 +1684,132 @@ def add_remove_machine_tag_command(client: Client, args: dict) -> CommandResult:
     return machines_result(f"Tag '{tag}' {verb} machines", [machine for _, machine in found], failed=failed)
 
 
-def get_file_related_machines_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-file-related-machines", MACHINE_READ)
+def get_file_related_machines_command(client: "Client", args: dict) -> CommandResult:
     hashes = list(dict.fromkeys(validate_sha1(value) for value in arg_to_list(args.get("file_hash"))))
     if not hashes:
         raise ArgumentError("file_hash is required: one or more SHA-1 hashes, comma-separated.")
     found, failed = call_for_each(hashes, client.list_file_machines, "Finding machines for the file")
-    file_machines = [{"File": sha1, "Machines": [machine_context(m) for m in machines]} for sha1, machines in found]
+    file_machines = [{"File": sha1, "Machines": [to_context(m, MACHINE) for m in machines]} for sha1, machines in found]
     machines = {m["ID"]: m for entry in file_machines for m in entry["Machines"] if m.get("ID")}
     rows = [{"File": entry["File"], **machine} for entry in file_machines for machine in entry["Machines"]]
-    readable = markdown_table("Machines that have seen the file", rows, ["File", *MACHINE_HEADERS[:6]])
-    outputs = {context_key(f"{CONTEXT_PREFIX}.FileMachine", "File"): file_machines}
+    readable = markdown_table("Machines that have seen the file", rows, ["File", *MACHINE.headers[:6]])
+    outputs: dict[str, Any] = {context_key(f"{CONTEXT_PREFIX}.FileMachine", "File"): file_machines}
     if machines:
-        outputs[context_key(MACHINE_PATH)] = list(machines.values())
+        outputs[MACHINE.context_key()] = list(machines.values())
     return CommandResult(readable + failures_readable(failed, "File hash"), outputs,
                          raw={sha1: machines for sha1, machines in found})
 
 
-def get_domain_machines_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-domain-machines", MACHINE_READ)
+def get_domain_machines_command(client: "Client", args: dict) -> CommandResult:
     domain = validate_domain(arg_required(args, "domain"))
-    machines = client.list_domain_machines(domain)
-    contexts = [machine_context(machine) for machine in machines]
-    readable = markdown_table(f"Machines that communicated with {domain}", contexts, MACHINE_HEADERS)
-    return CommandResult(readable, {context_key(f"{CONTEXT_PREFIX}.DomainMachine", "Domain"): {
-        "Domain": domain, "Machines": contexts}}, raw=machines)
+    return entity_result(MACHINE, client.list_domain_machines(domain), f"Machines that communicated with {domain}",
+                         path="DomainMachine", group=("Domain", domain, "Machines"))
 
 
-def get_user_machines_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-user-machines", MACHINE_READ)
+def get_user_machines_command(client: "Client", args: dict) -> CommandResult:
     username = arg_required(args, "username")
     if "@" in username:
         raise ArgumentError(f"username must be the account name (e.g. jdoe), not a UPN or e-mail address (got "
                             f"'{username}'): Microsoft looks users up by account name.")
     machines = client.list_user_machines(username.rsplit("\\", 1)[-1])  # DOMAIN\jdoe -> jdoe
-    contexts = [machine_context(machine) for machine in machines]
-    readable = markdown_table(f"Machines {username} logged on to", contexts, MACHINE_HEADERS)
-    return CommandResult(readable, {context_key(f"{CONTEXT_PREFIX}.UserMachine", "Username"): {
-        "Username": username, "Machines": contexts}}, raw=machines)
+    return entity_result(MACHINE, machines, f"Machines {username} logged on to", path="UserMachine",
+                         group=("Username", username, "Machines"))
 
 
-# ---- machine actions: listing, cancelling, package links ---------------------------------------
+# ============================================================================================
+# 6.3 Machine actions
+# ============================================================================================
+
+
+ACTION_STATUSES = ("Pending", "InProgress", "Succeeded", "Failed", "TimeOut", "Cancelled")
+FINAL_ACTION_STATUSES = frozenset({"Succeeded", "Failed", "TimeOut", "Cancelled"})
+ACTION_TYPES = ("RunAntiVirusScan", "Offboard", "LiveResponse", "CollectInvestigationPackage", "Isolate", "Unisolate",
+                "StopAndQuarantineFile", "RestrictCodeExecution", "UnrestrictCodeExecution")
+ISOLATION_TYPES = ("Full", "Selective", "UnManagedDevice")
+SCAN_TYPES = ("Quick", "Full")
+DEFAULT_POLL_INTERVAL = 10  # seconds
+DEFAULT_POLL_TIMEOUT = 600
+DEFAULT_RESTRICT_COMMENT = "App execution restricted from Cortex XSOAR."
+ACTION_ID = re.compile(r"^[0-9a-fA-F]{8}-(?:[0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+
+
+MACHINE_ACTION_FILTER_FIELDS = ("id", "status", "machineId", "type", "requestor", "creationDateTimeUtc")
+
+
+OUTCOME_HEADERS = ["Machine", "Action ID", "Type", "Status", "Pre-existing", "Details"]
+
+
+# An action command is listed with the permission that creates its action; polling also needs one of MACHINE_READ.
+ACTION_ROLES = ("Machine.Isolate", "Machine.RestrictExecution", "Machine.Scan", "Machine.CollectForensics",
+                "Machine.StopAndQuarantine", "Machine.Offboard", "Machine.LiveResponse")
+
+
+RELATED_FILE_INFO = EntitySpec({"fileIdentifier": "FileIdentifier", "fileIdentifierType": "FileIdentifierType"})
+MACHINE_ACTION = EntitySpec({
+    "id": "ID", "type": "Type", "scope": "Scope", "requestor": "Requestor", "requestorComment": "RequestorComment",
+    "status": "Status", "machineId": "MachineID", "computerDnsName": "ComputerDNSName",
+    "creationDateTimeUtc": "CreationDateTimeUtc", "lastUpdateTimeUtc": "LastUpdateTimeUtc",
+    "lastUpdateDateTimeUtc": "LastUpdateTimeUtc", "cancellationRequestor": "CancellationRequestor",
+    "cancellationComment": "CancellationComment", "cancellationDateTimeUtc": "CancellationDateTimeUtc",
+    "relatedFileInfo": ("RelatedFileInfo", RELATED_FILE_INFO),
+}, path="MachineAction", headers=("ID", "Type", "Status", "MachineID", "ComputerDNSName", "Requestor",
+                                  "RequestorComment", "CreationDateTimeUtc", "LastUpdateTimeUtc"))
+# The older integration wrote offboarding results under their own path, with two keys in camelCase.
+OFFBOARD_MACHINE = MACHINE_ACTION.extend(path="OffboardMachine", fields={
+    **MACHINE_ACTION.fields, "cancellationDateTimeUtc": "cancellationDateTimeUtc",
+    "troubleshootInfo": "troubleshootInfo"})
+
+
+class MachineActionsApi:
+    """Defender API calls of the machine-actions area (mixed into Client)."""
+
+    def isolate_machine(self, machine_id: str, comment: str, isolation_type: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/isolate",
+                            json_body={"Comment": comment, "IsolationType": isolation_type})
+
+    def unisolate_machine(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/unisolate", json_body={"Comment": comment})
+
+    def run_antivirus_scan(self, machine_id: str, comment: str, scan_type: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/runAntiVirusScan",
+                            json_body={"Comment": comment, "ScanType": scan_type})
+
+    def restrict_code_execution(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/restrictCodeExecution", json_body={"Comment": comment})
+
+    def unrestrict_code_execution(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/unrestrictCodeExecution", json_body={"Comment": comment})
+
+    def stop_and_quarantine_file(self, machine_id: str, comment: str, sha1: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/StopAndQuarantineFile",
+                            json_body={"Comment": comment, "Sha1": sha1})
+
+    def collect_investigation_package(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/collectInvestigationPackage",
+                            json_body={"Comment": comment})
+
+    def offboard_machine(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/offboard", json_body={"Comment": comment})
+
+    def list_machine_actions(self, *, odata_filter: str | None = None, limit: int | None = None) -> list[dict]:
+        params = {"$filter": odata_filter} if odata_filter else {}
+        return list(self.paginate("machineactions", params, limit=limit))
+
+    def cancel_machine_action(self, action_id: str, comment: str) -> dict:
+        return self.request("POST", f"machineactions/{action_id}/cancel", json_body={"Comment": comment})
+
+    def get_investigation_package_uri(self, action_id: str) -> dict:
+        return self.request("GET", f"machineactions/{action_id}/getPackageUri") or {}
+
+
+def validate_action_id(value: str, name: str = "action_id") -> str:
+    if not ACTION_ID.match(value.strip()):
+        raise ArgumentError(f"{name} must be a machine action ID, a GUID such as 7a3e8c1d-5b2f-4e6a-9c0d-1f2e3a4b5c6d "
+                            f"(got '{value}'). Find IDs with !microsoft-atp-list-machine-actions-details.")
+    return value.strip()
 
 
 def extra_filter_arg(args: dict) -> str | None:
@@ -1773,34 +1823,29 @@ def extra_filter_arg(args: dict) -> str | None:
     return value.strip()
 
 
-def machine_actions_result(title: str, actions: list[dict]) -> CommandResult:
-    contexts = [to_context(action, "MachineAction") for action in actions]
-    return CommandResult(markdown_table(title, contexts, ACTION_HEADERS),
-                         {context_key(MACHINE_ACTION_PATH): contexts} if contexts else {}, raw=actions)
-
-
-def list_machine_actions_details_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-list-machine-actions-details", MACHINE_READ)
+def list_machine_actions_details_command(client: "Client", args: dict) -> CommandResult:
     odata = ODataFilter(MACHINE_ACTION_FILTER_FIELDS)
     odata.one_of("id", [validate_action_id(value, "id") for value in arg_to_list(args.get("id"))])
     odata.eq("status", arg_choice(args.get("status"), "status", ACTION_STATUSES))
     odata.one_of("machineId", [validate_machine_id(value) for value in arg_to_list(args.get("machine_id"))])
     odata.eq("type", arg_choice(args.get("type"), "type", ACTION_TYPES))
     odata.eq("requestor", str(args.get("requestor") or "").strip())
-    extra = extra_filter_arg(args)
+    odata.verbatim(extra_filter_arg(args))
     limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=1)
-    odata_filter = " and ".join(clause for clause in (odata.build(), extra and f"({extra})") if clause)
-    actions = client.list_machine_actions(odata_filter=odata_filter or None, limit=limit)
-    return machine_actions_result("Machine actions", actions)
+    actions = client.list_machine_actions(odata_filter=odata.build(), limit=limit)
+    return entity_result(MACHINE_ACTION, actions, "Machine actions")
 
 
-def cancel_machine_action_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-cancel-machine-action", ACTION_ROLES)
+def cancel_machine_action_command(client: "Client", args: dict) -> CommandResult:
     action_id = validate_action_id(arg_required(args, "action_id"))
     comment = arg_required(args, "comment")
     action = client.cancel_machine_action(action_id, comment)
-    return machine_actions_result(f"Cancellation requested for machine action {action_id}", [action])
+    return entity_result(MACHINE_ACTION, [action], f"Cancellation requested for machine action {action_id}")
 
 
-def package_link(client: Client, action_id: str) -> str:
+def package_link(client: "Client", action_id: str) -> str:
     # Microsoft's documented example wraps the link in extra quotes.
     link = str(client.get_investigation_package_uri(action_id).get("value") or "").strip().strip('"')
     if not link:
@@ -1808,16 +1853,14 @@ def package_link(client: Client, action_id: str) -> str:
     return link
 
 
-def get_investigation_package_sas_uri_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-investigation-package-sas-uri", MACHINE_READ)
+def get_investigation_package_sas_uri_command(client: "Client", args: dict) -> CommandResult:
     action_id = validate_action_id(arg_required(args, "action_id"))
     link = package_link(client, action_id)
     readable = (f"### Investigation package of action {action_id}\nDownload link (valid for a short time only): "
                 f"{link}")
     return CommandResult(readable, {context_key(f"{CONTEXT_PREFIX}.InvestigationURI", "Link"): {
         "Link": link, "ActionID": action_id}}, raw={"value": link})
-
-
-# ---- machine actions: requesting and polling to a final status --------------------------------
 
 
 @dataclass(frozen=True)
@@ -1828,8 +1871,7 @@ class ActionCommand:
     action_type: str  # Microsoft's type, to find an already pending action of the same kind
     ids_arg: str = "action_ids"  # carries the action ids between polling rounds
     polling_default: bool = True
-    context_path: str = MACHINE_ACTION_PATH
-    entity: str = "MachineAction"
+    spec: EntitySpec = MACHINE_ACTION  # how the actions are written to context
 
 
 @dataclass(frozen=True)
@@ -1870,7 +1912,7 @@ def _created(action: dict) -> datetime:
         return datetime.min.replace(tzinfo=timezone.utc)
 
 
-def find_pending_action(client: Client, command: ActionCommand, target: ActionTarget) -> dict | None:
+def find_pending_action(client: "Client", command: ActionCommand, target: ActionTarget) -> dict | None:
     """The newest not-yet-final action of this type on the machine (and for this file, when there is one)."""
     odata = (ODataFilter(MACHINE_ACTION_FILTER_FIELDS).eq("machineId", target.machine_id)
              .eq("type", command.action_type).one_of("status", ("Pending", "InProgress")))
@@ -1884,7 +1926,7 @@ def same_file(action: dict, sha1: str) -> bool:
     return not sha1 or not file_id or file_id == sha1
 
 
-def request_action(client: Client, command: ActionCommand, target: ActionTarget,
+def request_action(client: "Client", command: ActionCommand, target: ActionTarget,
                    create: Callable[[ActionTarget], dict]) -> ActionOutcome:
     """Creates one action. If Microsoft says one is already pending, returns that one: a second
     request would be refused, and retrying later would queue a duplicate."""
@@ -1900,7 +1942,7 @@ def request_action(client: Client, command: ActionCommand, target: ActionTarget,
         return ActionOutcome(target.machine_id, error=str(exc))
 
 
-def current_outcomes(client: Client, action_ids: list[str], preexisting: set[str]) -> list[ActionOutcome]:
+def current_outcomes(client: "Client", action_ids: list[str], preexisting: set[str]) -> list[ActionOutcome]:
     """The state of every action in one request."""
     odata = ODataFilter(MACHINE_ACTION_FILTER_FIELDS).one_of("id", action_ids)
     by_id = {str(action.get("id")).lower(): action for action in client.list_machine_actions(odata_filter=odata.build())}
@@ -1925,9 +1967,11 @@ def outcome_row(outcome: ActionOutcome) -> dict:
 
 def outcomes_result(command: ActionCommand, outcomes: list[ActionOutcome], readable: str,
                     scheduled: ScheduledCommand | None = None) -> CommandResult:
-    contexts = [{**to_context(o.action, command.entity), "PreExisting": o.preexisting} for o in outcomes if o.action]
-    return CommandResult(readable, {context_key(command.context_path): contexts} if contexts else {},
-                         raw=[o.action for o in outcomes if o.action], scheduled=scheduled)
+    preexisting = {str(o.action.get("id")) for o in outcomes if o.preexisting}
+    result = entity_result(command.spec, [o.action for o in outcomes if o.action], "",
+                           extra=lambda action: {"PreExisting": str(action.get("id")) in preexisting})
+    result.readable, result.scheduled = readable, scheduled
+    return result
 
 
 def next_round_args(args: dict, command: ActionCommand, outcomes: list[ActionOutcome], started: float) -> dict:
@@ -1940,9 +1984,9 @@ def next_round_args(args: dict, command: ActionCommand, outcomes: list[ActionOut
     return next_args
 
 
-def run_machine_action(client: Client, args: dict, command: ActionCommand, targets: list[ActionTarget],
+def run_machine_action(client: "Client", args: dict, command: ActionCommand, targets: list[ActionTarget],
                        create: Callable[[ActionTarget], dict],
-                       on_done: Callable[[Client, list[ActionOutcome], CommandResult], Any] | None = None) -> Any:
+                       on_done: Callable[["Client", list[ActionOutcome], CommandResult], Any] | None = None) -> Any:
     """The polling state machine shared by every action command. The first run creates the actions (one per
     target); later runs, scheduled every interval while any action is not final, check all of them with one
     request. The last run reports each action's outcome, or what is still pending when time runs out."""
@@ -1952,7 +1996,7 @@ def run_machine_action(client: Client, args: dict, command: ActionCommand, targe
     timeout = arg_to_int(args.get("timeout_in_seconds"), "timeout_in_seconds", default=DEFAULT_POLL_TIMEOUT,
                          minimum=interval)
     action_ids = [validate_action_id(value, command.ids_arg) for value in arg_to_list(args.get(command.ids_arg))]
-    now = time.time()
+    now = client.clock.now()
     if action_ids:
         started = float(arg_to_int(args.get("polling_started"), "polling_started", default=int(now)))
         outcomes = current_outcomes(client, action_ids, set(arg_to_list(args.get("preexisting_action_ids"))))
@@ -1995,43 +2039,50 @@ QUARANTINE = ActionCommand("microsoft-atp-stop-and-quarantine-file", "StopAndQua
 COLLECT = ActionCommand("microsoft-atp-collect-investigation-package", "CollectInvestigationPackage")
 DOWNLOAD = ActionCommand("microsoft-atp-request-and-download-investigation-package", "CollectInvestigationPackage",
                          ids_arg="machine_action_id")
-OFFBOARD = ActionCommand("microsoft-atp-offboard-machine", "Offboard", context_path=f"{CONTEXT_PREFIX}.OffboardMachine",
-                         entity="OffboardMachine")
 
 
-def isolate_machine_command(client: Client, args: dict) -> Any:
+OFFBOARD = ActionCommand("microsoft-atp-offboard-machine", "Offboard", spec=OFFBOARD_MACHINE)
+
+
+@command("microsoft-atp-isolate-machine", ("Machine.Isolate",))
+def isolate_machine_command(client: "Client", args: dict) -> Any:
     comment = arg_required(args, "comment")
     isolation_type = required_choice(args, "isolation_type", ISOLATION_TYPES)
     return run_machine_action(client, args, ISOLATE, machine_targets(args),
                               lambda target: client.isolate_machine(target.machine_id, comment, isolation_type))
 
 
-def unisolate_machine_command(client: Client, args: dict) -> Any:
+@command("microsoft-atp-unisolate-machine", ("Machine.Isolate",))
+def unisolate_machine_command(client: "Client", args: dict) -> Any:
     comment = arg_required(args, "comment")
     return run_machine_action(client, args, UNISOLATE, machine_targets(args),
                               lambda target: client.unisolate_machine(target.machine_id, comment))
 
 
-def run_antivirus_scan_command(client: Client, args: dict) -> Any:
+@command("microsoft-atp-run-antivirus-scan", ("Machine.Scan",))
+def run_antivirus_scan_command(client: "Client", args: dict) -> Any:
     comment = arg_required(args, "comment")
     scan_type = required_choice(args, "scan_type", SCAN_TYPES)
     return run_machine_action(client, args, SCAN, machine_targets(args),
                               lambda target: client.run_antivirus_scan(target.machine_id, comment, scan_type))
 
 
-def restrict_app_execution_command(client: Client, args: dict) -> Any:
+@command("microsoft-atp-restrict-app-execution", ("Machine.RestrictExecution",))
+def restrict_app_execution_command(client: "Client", args: dict) -> Any:
     comment = str(args.get("comment") or "").strip() or DEFAULT_RESTRICT_COMMENT
     return run_machine_action(client, args, RESTRICT, machine_targets(args),
                               lambda target: client.restrict_code_execution(target.machine_id, comment))
 
 
-def remove_app_restriction_command(client: Client, args: dict) -> Any:
+@command("microsoft-atp-remove-app-restriction", ("Machine.RestrictExecution",))
+def remove_app_restriction_command(client: "Client", args: dict) -> Any:
     comment = arg_required(args, "comment")
     return run_machine_action(client, args, UNRESTRICT, machine_targets(args),
                               lambda target: client.unrestrict_code_execution(target.machine_id, comment))
 
 
-def stop_and_quarantine_file_command(client: Client, args: dict) -> Any:
+@command("microsoft-atp-stop-and-quarantine-file", ("Machine.StopAndQuarantine",))
+def stop_and_quarantine_file_command(client: "Client", args: dict) -> Any:
     comment = arg_required(args, "comment")
     hashes = list(dict.fromkeys(validate_sha1(value) for value in arg_to_list(args.get("file_hash"))))
     if not hashes:
@@ -2041,13 +2092,14 @@ def stop_and_quarantine_file_command(client: Client, args: dict) -> Any:
         target.machine_id, comment, target.file_sha1))
 
 
-def collect_investigation_package_command(client: Client, args: dict) -> Any:
+@command("microsoft-atp-collect-investigation-package", ("Machine.CollectForensics",))
+def collect_investigation_package_command(client: "Client", args: dict) -> Any:
     comment = arg_required(args, "comment")
     return run_machine_action(client, args, COLLECT, machine_targets(args),
                               lambda target: client.collect_investigation_package(target.machine_id, comment))
 
 
-def download_packages(client: Client, outcomes: list[ActionOutcome], result: CommandResult) -> list:
+def download_packages(client: "Client", outcomes: list[ActionOutcome], result: CommandResult) -> list:
     """The last step of request-and-download: a file entry per successful collection."""
     collected = [outcome for outcome in outcomes if outcome.action.get("status") == "Succeeded"]
     if not collected:
@@ -2058,32 +2110,41 @@ def download_packages(client: Client, outcomes: list[ActionOutcome], result: Com
     return [result, *files]
 
 
-def request_and_download_investigation_package_command(client: Client, args: dict) -> Any:
+@command("microsoft-atp-request-and-download-investigation-package", ("Machine.CollectForensics",))
+def request_and_download_investigation_package_command(client: "Client", args: dict) -> Any:
     comment = arg_required(args, "comment")
     return run_machine_action(client, args, DOWNLOAD, machine_targets(args),
                               lambda target: client.collect_investigation_package(target.machine_id, comment),
                               on_done=download_packages)
 
 
-def offboard_machine_command(client: Client, args: dict) -> Any:
+@command("microsoft-atp-offboard-machine", ("Machine.Offboard",))
+def offboard_machine_command(client: "Client", args: dict) -> Any:
     comment = arg_required(args, "comment")
     return run_machine_action(client, args, OFFBOARD, machine_targets(args),
                               lambda target: client.offboard_machine(target.machine_id, comment))
 
 
-# ---- alerts and investigations (commands) ----------------------------------------------------------
+# ============================================================================================
+# 6.4 Alerts
+# ============================================================================================
+
 
 ALERT_FILTER_FIELDS = ("alertCreationTime", "lastUpdateTime", "incidentId", "investigationId", "id", "assignedTo",
                        "detectionSource", "lastEventTime", "status", "severity", "category")
 ALERT_SEVERITIES = ("Informational", "Low", "Medium", "High")
 ALERT_STATUSES = ("New", "InProgress", "Resolved")
 ALERT_CLASSIFICATIONS = ("Unknown", "FalsePositive", "TruePositive", "InformationalExpectedActivity")
+
+
 # Microsoft's pages disagree on some names: the contract's values and the alternative spellings are all accepted.
 ALERT_DETERMINATIONS = ("NotAvailable", "Malware", "SecurityTesting", "UnwantedSoftware", "MultiStagedAttack",
                         "MaliciousUserActivity", "CompromisedAccount", "CompromisedUser", "Phishing",
                         "LineOfBusinessApplication", "ConfirmedActivity", "ConfirmedUserActivity", "NotMalicious",
                         "Clean", "InsufficientData", "Other")
 CREATED_ALERT_SEVERITIES = ("Low", "Medium", "High")
+
+
 # The older integration's categories plus the ones Microsoft documents for CreateAlertByReference.
 CREATED_ALERT_CATEGORIES = (
     "None", "General", "SuspiciousActivity", "Malware", "CredentialTheft", "CredentialAccess", "Collection",
@@ -2093,73 +2154,114 @@ CREATED_ALERT_CATEGORIES = (
     "SocialEngineering", "CredentialStealing", "Installation", "Backdoor", "Trojan", "TrojanDownloader",
     "LateralMovement", "ExplorationEnumeration", "NetworkPropagation", "Exfiltration", "NotApplicable",
     "EnterprisePolicy")
-ALERT_HEADERS = ["ID", "Title", "Severity", "Status", "AlertCreationTime", "ComputerDNSName", "MachineID", "Category",
-                 "DetectionSource", "AssignedTo", "IncidentID"]
-INVESTIGATION_HEADERS = ["ID", "State", "MachineID", "ComputerDNSName", "StartTime", "EndTime", "TriggeringAlertID",
-                         "StatusDetails", "CancelledBy"]
 
 
-def alerts_result(title: str, alerts: list[dict], path: str = "Alert") -> CommandResult:
-    rows = [to_context(alert, "Alert") for alert in alerts]
-    return CommandResult(readable=markdown_table(title, rows, ALERT_HEADERS),
-                         outputs={context_key(f"{CONTEXT_PREFIX}.{path}"): rows} if rows else {}, raw=alerts)
+ALERT_COMMENT = EntitySpec({"comment": "Comment", "createdBy": "CreatedBy", "createdTime": "CreatedTime"})
+# Evidence and relatedUser pass through in Microsoft's camelCase: existing playbooks read them that way.
+ALERT = EntitySpec({
+    "id": "ID", "incidentId": "IncidentID", "investigationId": "InvestigationID",
+    "investigationState": "InvestigationState", "assignedTo": "AssignedTo", "severity": "Severity",
+    "status": "Status", "classification": "Classification", "determination": "Determination",
+    "detectionSource": "DetectionSource", "detectorId": "DetectorID", "category": "Category",
+    "threatFamilyName": "ThreatFamilyName", "threatName": "ThreatName", "title": "Title",
+    "description": "Description", "alertCreationTime": "AlertCreationTime", "firstEventTime": "FirstEventTime",
+    "lastEventTime": "LastEventTime", "lastUpdateTime": "LastUpdateTime", "resolvedTime": "ResolvedTime",
+    "machineId": "MachineID", "computerDnsName": "ComputerDNSName", "rbacGroupName": "RBACGroupName",
+    "aadTenantId": "AADTenantID", "mitreTechniques": "MitreTechniques", "relatedUser": "RelatedUser",
+    "comments": ("Comments", ALERT_COMMENT), "evidence": "Evidence",
+}, path="Alert", headers=("ID", "Title", "Severity", "Status", "AlertCreationTime", "ComputerDNSName", "MachineID",
+                          "Category", "DetectionSource", "AssignedTo", "IncidentID"))
+ALERT_FILE = EntitySpec({
+    "sha1": "Sha1", "sha256": "Sha256", "md5": "Md5", "globalPrevalence": "GlobalPrevalence",
+    "globalFirstObserved": "GlobalFirstObserved", "globalLastObserved": "GlobalLastObserved", "size": "Size",
+    "fileType": "FileType", "isPeFile": "IsPeFile", "filePublisher": "FilePublisher",
+    "fileProductName": "FileProductName", "signer": "Signer", "issuer": "Issuer", "signerHash": "SignerHash",
+    "isValidCertificate": "IsValidCertificate", "determinationType": "DeterminationType",
+    "determinationValue": "DeterminationValue",
+}, path="AlertFile")
+ALERT_IP = EntitySpec({"id": "IpAddress"}, path="AlertIP")
+ALERT_DOMAIN = EntitySpec({"host": "Domain"}, path="AlertDomain")
 
 
-def entity_alerts_result(title: str, alerts: list[dict], path: str, key_field: str, key: str) -> CommandResult:
-    """Alerts of one file, IP, domain or user, under `<path>.Alerts` next to the entity's key."""
-    rows = [to_context(alert, "Alert") for alert in alerts]
-    return CommandResult(readable=markdown_table(title, rows, ALERT_HEADERS),
-                         outputs={context_key(f"{CONTEXT_PREFIX}.{path}", key_field): {key_field: key, "Alerts": rows}},
-                         raw=alerts)
+class AlertsApi:
+    """Defender API calls of the alerts area (mixed into Client)."""
+
+    def list_alerts(self, *, odata_filter: str | None = None, limit: int | None = None, offset: int = 0,
+                    expand_evidence: bool = False, order_by: str | None = None) -> list[dict]:
+        params = {"$filter": odata_filter} if odata_filter else {}
+        if expand_evidence:
+            params["$expand"] = "evidence"
+        if order_by:
+            params["$orderby"] = order_by
+        return list(self.paginate("alerts", params, limit=limit, offset=offset))
+
+    def get_alert(self, alert_id: str, *, expand_evidence: bool = False) -> dict:
+        params = {"$expand": "evidence"} if expand_evidence else None
+        return self.request("GET", f"alerts/{segment(alert_id)}", params=params) or {}
+
+    def update_alert(self, alert_id: str, changes: dict) -> dict:
+        return self.request("PATCH", f"alerts/{segment(alert_id)}", json_body=changes) or {}
+
+    def create_alert_by_reference(self, alert: dict) -> dict:
+        return self.request("POST", "alerts/CreateAlertByReference", json_body=alert) or {}
+
+    def get_alert_user(self, alert_id: str) -> dict:
+        return self.request("GET", f"alerts/{segment(alert_id)}/user") or {}
+
+    def list_alert_files(self, alert_id: str) -> list[dict]:
+        return self.get_values(f"alerts/{segment(alert_id)}/files")
+
+    def list_alert_ips(self, alert_id: str) -> list[dict]:
+        return self.get_values(f"alerts/{segment(alert_id)}/ips")
+
+    def list_alert_domains(self, alert_id: str) -> list[dict]:
+        return self.get_values(f"alerts/{segment(alert_id)}/domains")
+
+    def list_file_alerts(self, sha1: str) -> list[dict]:
+        return self.get_values(f"files/{sha1}/alerts")
+
+    def list_ip_alerts(self, ip: str) -> list[dict]:
+        return self.get_values(f"ips/{segment(ip)}/alerts")
+
+    def list_domain_alerts(self, domain: str) -> list[dict]:
+        return self.get_values(f"domains/{segment(domain)}/alerts")
+
+    def list_user_alerts(self, username: str) -> list[dict]:
+        return self.get_values(f"users/{segment(username)}/alerts")
+
+    def list_machine_alerts(self, machine_id: str) -> list[dict]:
+        return self.get_values(f"machines/{machine_id}/alerts")
 
 
-def alert_related_result(title: str, alert_id: str, records: list[dict], path: str, items_key: str,
-                         entity: str) -> CommandResult:
-    rows = [to_context(record, entity) for record in records]
-    return CommandResult(readable=markdown_table(title, rows),
-                         outputs={context_key(f"{CONTEXT_PREFIX}.{path}", "AlertID"): {items_key: rows,
-                                                                                        "AlertID": alert_id}},
-                         raw=records)
-
-
-def investigations_result(title: str, investigations: list[dict]) -> CommandResult:
-    rows = [to_context(investigation, "Investigation") for investigation in investigations]
-    return CommandResult(readable=markdown_table(title, rows, INVESTIGATION_HEADERS),
-                         outputs={context_key(f"{CONTEXT_PREFIX}.Investigation"): rows} if rows else {},
-                         raw=investigations)
-
-
-def limit_and_offset(args: dict) -> tuple[int, int]:
-    return (int(arg_to_int(args.get("limit"), "limit", default=50, minimum=1)),
-            int(arg_to_int(args.get("offset"), "offset", default=0, minimum=0)))
-
-
-def list_alerts_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-list-alerts", ALERT_READ)
+def list_alerts_command(client: "Client", args: dict) -> CommandResult:
     odata_filter = (ODataFilter(ALERT_FILTER_FIELDS)
                     .one_of("severity", arg_choices(args.get("severity"), "severity", ALERT_SEVERITIES))
                     .one_of("status", arg_choices(args.get("status"), "status", ALERT_STATUSES))
                     .eq("category", str(args.get("category") or "").strip())
-                    .compare("alertCreationTime", "ge", arg_to_datetime(args.get("creation_time"), "creation_time"))
+                    .compare("alertCreationTime", "ge", arg_to_datetime(args.get("creation_time"), "creation_time",
+                                                                         now=client.clock.utcnow()))
                     .build())
-    limit, offset = limit_and_offset(args)
-    alerts = client.list_alerts(odata_filter=odata_filter, limit=limit, offset=offset,
+    paging = paging_args(args)
+    alerts = client.list_alerts(odata_filter=odata_filter, limit=paging.limit, offset=paging.offset,
                                 expand_evidence=arg_to_bool(args.get("evidence"), "evidence"))
-    return alerts_result("Microsoft Defender for Endpoint alerts", alerts)
+    return entity_result(ALERT, alerts, "Microsoft Defender for Endpoint alerts")
 
 
-def get_alert_by_id_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-alert-by-id", ALERT_READ)
+def get_alert_by_id_command(client: "Client", args: dict) -> CommandResult:
     alert_ids = arg_to_list(args.get("alert_ids"))
     if not alert_ids:
         raise ArgumentError("alert_ids is required: one alert ID or a comma-separated list of them.")
     evidence = arg_to_bool(args.get("evidence"), "evidence")
     found, failed = call_for_each(alert_ids, lambda alert_id: client.get_alert(alert_id, expand_evidence=evidence),
                                   "Getting alerts")
-    result = alerts_result("Microsoft Defender for Endpoint alerts", [alert for _, alert in found])
-    result.readable += failures_readable(failed, "Alert ID")
-    return result
+    return entity_result(ALERT, [alert for _, alert in found], "Microsoft Defender for Endpoint alerts",
+                         failed=failed, failure_label="Alert ID")
 
 
-def update_alert_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-update-alert", ("Alert.ReadWrite.All",))
+def update_alert_command(client: "Client", args: dict) -> CommandResult:
     alert_id = arg_required(args, "alert_id")
     changes = {
         "status": arg_choice(args.get("status"), "status", ALERT_STATUSES),
@@ -2173,10 +2275,11 @@ def update_alert_command(client: Client, args: dict) -> CommandResult:
         raise ArgumentError("Nothing to update: give at least one of status, assigned_to, classification, "
                             "determination or comment.")
     alert = client.update_alert(alert_id, changes)
-    return alerts_result(f"Alert {alert_id} was updated ({', '.join(changes)})", [alert])
+    return entity_result(ALERT, [alert], f"Alert {alert_id} was updated ({', '.join(changes)})")
 
 
-def create_alert_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-create-alert", ("Alert.ReadWrite.All",))
+def create_alert_command(client: "Client", args: dict) -> CommandResult:
     event_time = arg_required(args, "event_time")
     try:
         parse_iso_datetime(event_time)
@@ -2193,99 +2296,140 @@ def create_alert_command(client: Client, args: dict) -> CommandResult:
         "reportId": arg_required(args, "report_id"),
         "category": arg_choice(args.get("category"), "category", CREATED_ALERT_CATEGORIES, default="None"),
     }
-    return alerts_result("Alert created", [client.create_alert_by_reference(alert)])
+    return entity_result(ALERT, [client.create_alert_by_reference(alert)], "Alert created")
 
 
-def get_alert_related_user_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-alert-related-user", ("User.Read.All",))
+def get_alert_related_user_command(client: "Client", args: dict) -> CommandResult:
     alert_id = arg_required(args, "id")
-    record = client.get_alert_user(alert_id)
-    user = to_context(record, "User")
-    return CommandResult(readable=markdown_table(f"User related to alert {alert_id}", user),
-                         outputs={context_key(f"{CONTEXT_PREFIX}.AlertUser", "AlertID"): {"User": user,
-                                                                                           "AlertID": alert_id}},
-                         raw=record)
+    return entity_result(USER, client.get_alert_user(alert_id), f"User related to alert {alert_id}",
+                         path="AlertUser", group=("AlertID", alert_id, "User"))
 
 
-def get_alert_related_files_command(client: Client, args: dict) -> CommandResult:
+def alert_related(client: "Client", args: dict, spec: EntitySpec, what: str, items_key: str,
+                  fetch: Callable[[str], list[dict]]) -> CommandResult:
+    """Files, IPs or domains of one alert; the endpoint does not page, so limit and offset apply here."""
     alert_id = arg_required(args, "id")
-    limit, offset = limit_and_offset(args)  # the endpoint does not page: applied here
-    files = client.list_alert_files(alert_id)[offset:offset + limit]
-    return alert_related_result(f"Files related to alert {alert_id}", alert_id, files, "AlertFile", "Files",
-                                "AlertFile")
+    paging = paging_args(args)
+    records = fetch(alert_id)
+    if paging.limit is not None:
+        records = records[paging.offset:paging.offset + paging.limit]
+    return entity_result(spec, records, f"{what} related to alert {alert_id}", group=("AlertID", alert_id, items_key))
 
 
-def get_alert_related_ips_command(client: Client, args: dict) -> CommandResult:
-    alert_id = arg_required(args, "id")
-    limit, offset = limit_and_offset(args)
-    ips = client.list_alert_ips(alert_id)[offset:offset + limit]
-    return alert_related_result(f"IPs related to alert {alert_id}", alert_id, ips, "AlertIP", "IPs", "AlertIP")
+@command("microsoft-atp-get-alert-related-files", ("File.Read.All",))
+def get_alert_related_files_command(client: "Client", args: dict) -> CommandResult:
+    return alert_related(client, args, ALERT_FILE, "Files", "Files", client.list_alert_files)
 
 
-def get_alert_related_domains_command(client: Client, args: dict) -> CommandResult:
-    alert_id = arg_required(args, "id")
-    limit, offset = limit_and_offset(args)
-    domains = client.list_alert_domains(alert_id)[offset:offset + limit]
-    return alert_related_result(f"Domains related to alert {alert_id}", alert_id, domains, "AlertDomain",
-                                "Domains", "AlertDomain")
+@command("microsoft-atp-get-alert-related-ips", ("Ip.Read.All",))
+def get_alert_related_ips_command(client: "Client", args: dict) -> CommandResult:
+    return alert_related(client, args, ALERT_IP, "IPs", "IPs", client.list_alert_ips)
 
 
-def get_machine_alerts_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-alert-related-domains", ("URL.Read.All",))
+def get_alert_related_domains_command(client: "Client", args: dict) -> CommandResult:
+    return alert_related(client, args, ALERT_DOMAIN, "Domains", "Domains", client.list_alert_domains)
+
+
+@command("microsoft-atp-get-machine-alerts", ALERT_READ)
+def get_machine_alerts_command(client: "Client", args: dict) -> CommandResult:
     machine_id = validate_machine_id(arg_required(args, "machine_id"))
-    return alerts_result(f"Alerts of machine {machine_id}", client.list_machine_alerts(machine_id), "MachineAlerts")
+    return entity_result(ALERT, client.list_machine_alerts(machine_id), f"Alerts of machine {machine_id}",
+                         path="MachineAlerts")
 
 
-def get_file_alerts_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-file-alerts", ALERT_READ)
+def get_file_alerts_command(client: "Client", args: dict) -> CommandResult:
     file_hash = arg_required(args, "file_hash")
     if SHA256.match(file_hash) or MD5.match(file_hash):
         raise ArgumentError("file_hash must be a SHA-1 hash: Microsoft looks up the alerts of a file by SHA-1 only "
                             f"(got '{file_hash}'). Find the SHA-1 with !microsoft-atp-get-file-info.")
     sha1 = validate_sha1(file_hash)
-    return entity_alerts_result(f"Alerts related to file {sha1}", client.list_file_alerts(sha1), "FileAlert",
-                                "Sha1", sha1)
+    return entity_result(ALERT, client.list_file_alerts(sha1), f"Alerts related to file {sha1}", path="FileAlert",
+                         group=("Sha1", sha1, "Alerts"))
 
 
-def get_ip_alerts_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-ip-alerts", ALERT_READ)
+def get_ip_alerts_command(client: "Client", args: dict) -> CommandResult:
     ip = validate_ip(arg_required(args, "ip"))
-    return entity_alerts_result(f"Alerts related to IP {ip}", client.list_ip_alerts(ip), "IPAlert", "IPAddress", ip)
+    return entity_result(ALERT, client.list_ip_alerts(ip), f"Alerts related to IP {ip}", path="IPAlert",
+                         group=("IPAddress", ip, "Alerts"))
 
 
-def get_domain_alerts_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-domain-alerts", ALERT_READ)
+def get_domain_alerts_command(client: "Client", args: dict) -> CommandResult:
     domain = validate_domain(arg_required(args, "domain"))
-    return entity_alerts_result(f"Alerts related to domain {domain}", client.list_domain_alerts(domain),
-                                "DomainAlert", "Domain", domain)
+    return entity_result(ALERT, client.list_domain_alerts(domain), f"Alerts related to domain {domain}",
+                         path="DomainAlert", group=("Domain", domain, "Alerts"))
 
 
-def get_user_alerts_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-get-user-alerts", ALERT_READ)
+def get_user_alerts_command(client: "Client", args: dict) -> CommandResult:
     username = arg_required(args, "username")
-    return entity_alerts_result(f"Alerts related to user {username}", client.list_user_alerts(username),
-                                "UserAlert", "Username", username)
+    return entity_result(ALERT, client.list_user_alerts(username), f"Alerts related to user {username}",
+                         path="UserAlert", group=("Username", username, "Alerts"))
 
 
-def list_investigations_command(client: Client, args: dict) -> CommandResult:
+# ============================================================================================
+# 6.5 Investigations
+# ============================================================================================
+
+
+INVESTIGATION = EntitySpec({
+    "id": "ID", "startTime": "StartTime", "endTime": "EndTime", "state": "State", "cancelledBy": "CancelledBy",
+    "statusDetails": "StatusDetails", "machineId": "MachineID", "computerDnsName": "ComputerDNSName",
+    "triggeringAlertId": "TriggeringAlertID",
+}, path="Investigation", headers=("ID", "State", "MachineID", "ComputerDNSName", "StartTime", "EndTime",
+                                  "TriggeringAlertID", "StatusDetails", "CancelledBy"))
+
+
+class InvestigationsApi:
+    """Defender API calls of the automated-investigations area (mixed into Client)."""
+
+    def list_investigations(self, *, limit: int | None = None, offset: int = 0) -> list[dict]:
+        return list(self.paginate("investigations", limit=limit, offset=offset))
+
+    def get_investigation(self, investigation_id: str) -> dict:
+        return self.request("GET", f"investigations/{segment(investigation_id)}") or {}
+
+    def start_investigation(self, machine_id: str, comment: str) -> dict:
+        return self.request("POST", f"machines/{machine_id}/startInvestigation", json_body={"Comment": comment}) or {}
+
+
+@command("microsoft-atp-list-investigations", ALERT_READ)
+def list_investigations_command(client: "Client", args: dict) -> CommandResult:
     investigation_id = str(args.get("id") or "").strip()
-    limit, offset = limit_and_offset(args)
+    paging = paging_args(args)
     if investigation_id:
         investigations = [client.get_investigation(investigation_id)]
     else:
-        investigations = client.list_investigations(limit=limit, offset=offset)
-    return investigations_result("Automated investigations", investigations)
+        investigations = client.list_investigations(limit=paging.limit, offset=paging.offset)
+    return entity_result(INVESTIGATION, investigations, "Automated investigations")
 
 
-def start_investigation_command(client: Client, args: dict) -> CommandResult:
+@command("microsoft-atp-start-investigation", ("Alert.ReadWrite.All",))
+def start_investigation_command(client: "Client", args: dict) -> CommandResult:
     # `timeout` is accepted for older playbooks; requests use the integration's own timeouts and retries.
     machine_id = validate_machine_id(arg_required(args, "machine_id"))
     investigation = client.start_investigation(machine_id, arg_required(args, "comment"))
-    return investigations_result(f"Automated investigation started on machine {machine_id}", [investigation])
+    return entity_result(INVESTIGATION, [investigation], f"Automated investigation started on machine {machine_id}")
 
 
-# ---- fetch incidents ---------------------------------------------------------------------------------
+# ============================================================================================
+# 6.6 Fetch incidents
+# ============================================================================================
+
+
 # Deprecated in favour of the Microsoft Graph Security integration (alerts_v2), still fully supported.
 # The cursor is the creation time of the newest alert taken plus the ids taken at or after the window's
 # lower bound; every run re-reads a look-back window so alerts that become visible late are not lost.
 
-FETCH_PAGE_SIZE = MAX_PAGE_SIZE  # read at call time so tests can split results into small pages
+
 FETCH_ORDER = "alertCreationTime asc"
 INCIDENT_SEVERITY = {"informational": 0.5, "low": 1, "medium": 2, "high": 3}
+
+
 # The fetch parameter's options -> Microsoft's detectionSource values (these are accepted as well).
 DETECTION_SOURCES = {
     "Antivirus": "WindowsDefenderAv",
@@ -2409,13 +2553,13 @@ def alert_to_incident(alert: dict) -> dict:
     }
 
 
-def fetch_incidents_command(client: Client, params: dict) -> None:
-    settings = fetch_settings_from_params(params)
+@command("fetch-incidents", ALERT_READ, takes_params=True)
+def fetch_incidents_command(client: "Client", params: dict) -> None:
+    settings = fetch_settings_from_params(params, now=client.clock.utcnow())
     cursor = FetchCursor.from_last_run(demisto.getLastRun() or {}, settings.first_fetch)
     # Every remembered id lies inside the window, so this many alerts always hold max_fetch new ones (if any).
     alerts = client.list_alerts(odata_filter=fetch_alerts_filter(cursor, settings), order_by=FETCH_ORDER,
-                                limit=settings.max_fetch + len(cursor.seen), expand_evidence=settings.evidence,
-                                page_size=FETCH_PAGE_SIZE)
+                                limit=settings.max_fetch + len(cursor.seen), expand_evidence=settings.evidence)
     taken, next_cursor = select_new_alerts(alerts, cursor, settings)
     log_debug(f"fetch-incidents: read {len(alerts)} alerts, {len(taken)} new; cursor "
               f"{format_datetime(next_cursor.time)}, {len(next_cursor.seen)} ids remembered")
@@ -2424,69 +2568,58 @@ def fetch_incidents_command(client: Client, params: dict) -> None:
 
 
 # ============================================================================================
-# 7. COMMANDS table
+# 6.7 Advanced hunting
 # ============================================================================================
 
 
-@dataclass(frozen=True)
-class Command:
-    func: Callable[[Client, dict], Any]
-    roles: tuple[str, ...] = ()  # any one of these application permissions allows the command
-    takes_params: bool = False  # fetch-incidents reads the instance parameters, not arguments
+class HuntingApi:
+    """Defender API calls of the advanced hunting (Microsoft Graph runHuntingQuery; Defender API fallback) area (mixed into Client)."""
 
 
-ALERT_READ = ("Alert.Read.All", "Alert.ReadWrite.All")
+# ============================================================================================
+# 6.8 Indicators
+# ============================================================================================
 
-COMMANDS: dict[str, Command] = {
-    "test-module": Command(test_module_command, ALERT_READ, takes_params=True),
-    "microsoft-atp-test": Command(test_connection_command, ALERT_READ),
-    "microsoft-atp-generate-login-url": Command(generate_login_url_command),
-    "microsoft-atp-auth-reset": Command(auth_reset_command),
-    "microsoft-atp-list-auth-permissions": Command(list_auth_permissions_command),
-    # ---- machines and machine actions (table) ----
-    "microsoft-atp-get-machines": Command(get_machines_command, MACHINE_READ),
-    "microsoft-atp-get-machine-details": Command(get_machine_details_command, MACHINE_READ),
-    "microsoft-atp-get-machine-by-ip": Command(get_machine_by_ip_command, MACHINE_READ),
-    "microsoft-atp-get-machine-users": Command(get_machine_users_command, ("User.Read.All",)),
-    "microsoft-atp-add-remove-machine-tag": Command(add_remove_machine_tag_command, ("Machine.ReadWrite.All",)),
-    "microsoft-atp-get-file-related-machines": Command(get_file_related_machines_command, MACHINE_READ),
-    "microsoft-atp-get-domain-machines": Command(get_domain_machines_command, MACHINE_READ),
-    "microsoft-atp-get-user-machines": Command(get_user_machines_command, MACHINE_READ),
-    "endpoint": Command(endpoint_command, MACHINE_READ),
-    "microsoft-atp-isolate-machine": Command(isolate_machine_command, ("Machine.Isolate",)),
-    "microsoft-atp-unisolate-machine": Command(unisolate_machine_command, ("Machine.Isolate",)),
-    "microsoft-atp-run-antivirus-scan": Command(run_antivirus_scan_command, ("Machine.Scan",)),
-    "microsoft-atp-restrict-app-execution": Command(restrict_app_execution_command, ("Machine.RestrictExecution",)),
-    "microsoft-atp-remove-app-restriction": Command(remove_app_restriction_command, ("Machine.RestrictExecution",)),
-    "microsoft-atp-stop-and-quarantine-file": Command(stop_and_quarantine_file_command,
-                                                      ("Machine.StopAndQuarantine",)),
-    "microsoft-atp-collect-investigation-package": Command(collect_investigation_package_command,
-                                                           ("Machine.CollectForensics",)),
-    "microsoft-atp-get-investigation-package-sas-uri": Command(get_investigation_package_sas_uri_command,
-                                                               MACHINE_READ),
-    "microsoft-atp-request-and-download-investigation-package": Command(
-        request_and_download_investigation_package_command, ("Machine.CollectForensics",)),
-    "microsoft-atp-offboard-machine": Command(offboard_machine_command, ("Machine.Offboard",)),
-    "microsoft-atp-list-machine-actions-details": Command(list_machine_actions_details_command, MACHINE_READ),
-    "microsoft-atp-cancel-machine-action": Command(cancel_machine_action_command, ACTION_ROLES),
-    # ---- alerts and investigations (table) ----
-    "microsoft-atp-list-alerts": Command(list_alerts_command, ALERT_READ),
-    "microsoft-atp-get-alert-by-id": Command(get_alert_by_id_command, ALERT_READ),
-    "microsoft-atp-update-alert": Command(update_alert_command, ("Alert.ReadWrite.All",)),
-    "microsoft-atp-create-alert": Command(create_alert_command, ("Alert.ReadWrite.All",)),
-    "microsoft-atp-get-alert-related-user": Command(get_alert_related_user_command, ("User.Read.All",)),
-    "microsoft-atp-get-alert-related-files": Command(get_alert_related_files_command, ("File.Read.All",)),
-    "microsoft-atp-get-alert-related-ips": Command(get_alert_related_ips_command, ("Ip.Read.All",)),
-    "microsoft-atp-get-alert-related-domains": Command(get_alert_related_domains_command, ("URL.Read.All",)),
-    "microsoft-atp-get-machine-alerts": Command(get_machine_alerts_command, ALERT_READ),
-    "microsoft-atp-get-file-alerts": Command(get_file_alerts_command, ALERT_READ),
-    "microsoft-atp-get-ip-alerts": Command(get_ip_alerts_command, ALERT_READ),
-    "microsoft-atp-get-domain-alerts": Command(get_domain_alerts_command, ALERT_READ),
-    "microsoft-atp-get-user-alerts": Command(get_user_alerts_command, ALERT_READ),
-    "microsoft-atp-list-investigations": Command(list_investigations_command, ALERT_READ),
-    "microsoft-atp-start-investigation": Command(start_investigation_command, ("Alert.ReadWrite.All",)),
-    "fetch-incidents": Command(fetch_incidents_command, ALERT_READ, takes_params=True),
-}
+
+class IndicatorsApi:
+    """Defender API calls of the indicators (the Defender Indicators API) area (mixed into Client)."""
+
+
+# ============================================================================================
+# 6.9 Live response
+# ============================================================================================
+
+
+class LiveResponseApi:
+    """Defender API calls of the live response and its library area (mixed into Client)."""
+
+
+# ============================================================================================
+# 6.10 Reputation
+# ============================================================================================
+
+
+class ReputationApi:
+    """Defender API calls of the file, IP and domain reputation and statistics area (mixed into Client)."""
+
+
+# ============================================================================================
+# 6.11 Vulnerability management
+# ============================================================================================
+
+
+class VulnerabilityApi:
+    """Defender API calls of the vulnerability management (software, CVEs, recommendations) area (mixed into Client)."""
+
+
+# ============================================================================================
+# 7. Client
+# ============================================================================================
+
+
+class Client(Transport, MachinesApi, MachineActionsApi, AlertsApi, InvestigationsApi, HuntingApi, IndicatorsApi,
+             LiveResponseApi, ReputationApi, VulnerabilityApi):
+    """The Defender API client commands receive: the one HTTP core plus every area's endpoint calls."""
 
 
 # ============================================================================================
@@ -2499,7 +2632,7 @@ def build_client(params: dict, session: requests.Session | None = None, clock: C
     settings = auth_settings_from_params(params)
     provider = build_token_provider(settings, session)
     return Client(settings.cloud.api_base, BearerAuth(provider), verify=settings.verify, proxies=settings.proxies,
-                  session=session, sleeper=clock.sleep)
+                  session=session, clock=clock)
 
 
 def return_results(result: Any) -> None:

@@ -40,6 +40,25 @@ def client_credentials_params(**extra: Any) -> dict:
             "credentials": {"identifier": "", "password": CLIENT_SECRET}, **extra}
 
 
+class FakeClock(mde.Clock):
+    """The plugin's time in tests: starts at the real time (tokens and relative dates stay sensible), moves only
+    when the plugin sleeps or a test advances it, and records every sleep."""
+
+    def __init__(self, start: float | None = None):
+        self.time = time.time() if start is None else float(start)
+        self.sleeps: list[float] = []
+
+    def now(self) -> float:
+        return self.time
+
+    def sleep(self, seconds: float) -> None:
+        self.sleeps.append(seconds)
+        self.time += seconds
+
+    def advance(self, seconds: float) -> None:
+        self.time += seconds
+
+
 @dataclass
 class Run:
     results: list = field(default_factory=list)
@@ -75,10 +94,10 @@ class Xsoar:
         self.context: dict = {}
         self.last_run: dict = {}
         self.params: dict = client_credentials_params()
-        self.sleeps: list[float] = []
+        self.clock = FakeClock()
+        self.sleeps = self.clock.sleeps
         self.tmp_path = tmp_path
         monkeypatch.chdir(tmp_path)
-        monkeypatch.setattr(mde.time, "sleep", self.sleeps.append)
         for name in MSAL_ENV:
             monkeypatch.delenv(name, raising=False)
 
@@ -98,7 +117,7 @@ class Xsoar:
         mp.setattr(demistomock, "uniqueFile", lambda: "file1")
         for level in ("debug", "info", "error"):
             mp.setattr(demistomock, level, lambda msg, *a, _l=level: run.logs.append(f"{_l}: {msg}"))
-        mde.main()
+        mde.main(clock=self.clock)
         return run
 
     def _set_context(self, context: dict) -> None:

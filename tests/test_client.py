@@ -6,7 +6,7 @@ from urllib.parse import parse_qs, urlparse
 
 import pytest
 import requests
-from conftest import API, make_jwt
+from conftest import API, FakeClock, make_jwt
 
 import MicrosoftDefenderForEndpoint as mde
 
@@ -26,14 +26,18 @@ class StaticProvider(mde.TokenProvider):
 
 
 @pytest.fixture
-def sleeps() -> list[float]:
-    return []
+def clock() -> FakeClock:
+    return FakeClock()
 
 
 @pytest.fixture
-def client(sleeps) -> mde.Client:
-    return mde.Client("https://api.securitycenter.microsoft.com", mde.BearerAuth(StaticProvider()),
-                      sleeper=sleeps.append)
+def sleeps(clock) -> list[float]:
+    return clock.sleeps
+
+
+@pytest.fixture
+def client(clock) -> mde.Client:
+    return mde.Client("https://api.securitycenter.microsoft.com", mde.BearerAuth(StaticProvider()), clock=clock)
 
 
 def query(request) -> dict[str, list[str]]:
@@ -206,10 +210,11 @@ def test_odata_builder_combines_clauses():
              .one_of("id", ["a", "b'c"]).one_of("status", ["New"])
              .startswith_any("computerDnsName", ["web", "db"])
              .compare("alertCreationTime", "ge", when)
-             .any_equals("machineTags", "vip").build())
+             .any_of(mde.ODataFilter({"id"}).eq("id", "x"), mde.ODataFilter({"status"}).one_of("status", ["A", "B"]))
+             .build())
     assert built == ("id in ('a', 'b''c') and status eq 'New' and "
                      "(startswith(computerDnsName,'web') or startswith(computerDnsName,'db')) and "
-                     "alertCreationTime ge 2024-05-01T10:00:00.123456Z and machineTags/any(x: x eq 'vip')")
+                     "alertCreationTime ge 2024-05-01T10:00:00.123456Z and ((id eq 'x') or (status in ('A', 'B')))")
 
 
 def test_odata_builder_rejects_unsupported_fields():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 from pathlib import Path
 
 import pytest
@@ -94,6 +95,23 @@ def test_every_yml_command_has_a_function_and_every_function_a_yml_command():
     assert set(YML_COMMANDS) == set(mde.COMMANDS) - PLATFORM_COMMANDS
 
 
+def test_every_command_maps_to_exactly_one_function_and_names_cannot_be_registered_twice():
+    functions = [spec.func for spec in mde.COMMANDS.values()]
+    assert len(functions) == len(set(functions)), "one function serves two command names"
+    with pytest.raises(RuntimeError, match="registered twice"):
+        mde.command("microsoft-atp-get-machines")(lambda client, args: None)
+
+
+def test_module_docstring_lists_the_areas_in_file_order():
+    source = Path(mde.__file__).read_text()
+    headers = re.findall(r"^# (6\.\d+) ([A-Z][\w ]+)$", source, re.M)
+    docstring = mde.__doc__ or ""
+    listed = re.findall(r"(6\.\d+) ([A-Z][a-z]+(?: [a-z]+)*)", docstring)
+    assert [number for number, _ in headers] == [number for number, _ in listed]
+    assert [title for _, title in headers] == [title.strip() for _, title in listed]
+    assert len(headers) == 11
+
+
 def test_fetch_incidents_is_wired_when_the_yml_says_isfetch():
     assert YML["script"].get("isfetch") is ("fetch-incidents" in mde.COMMANDS)
 
@@ -146,5 +164,5 @@ def test_the_unified_yml_for_upload_is_valid_and_embeds_the_script(tmp_path):
     schema = yaml.safe_load((ROOT / "tests" / "schemas" / "integration.yml").read_text())
     Core(source_data=unified, schema_data=schema).validate(raise_exception=True)
     script = unified["script"]["script"]
-    assert "def main()" in script and "import demistomock" not in script
+    assert "def main(" in script and "import demistomock" not in script
     compile(script, "unified", "exec")

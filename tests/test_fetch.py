@@ -9,7 +9,7 @@ import random
 import re
 from collections.abc import Callable
 from dataclasses import dataclass, field
-from urllib.parse import parse_qs, urlparse
+from urllib.parse import parse_qs, urlencode, urlparse
 
 import pytest
 import requests
@@ -53,6 +53,7 @@ class FakeDefender:
     alerts: list[dict] = field(default_factory=list)
     now: int = 0
     requests: list[dict] = field(default_factory=list)
+    page_size: int = 10_000  # like Microsoft, serve at most this many per response and link to the rest
 
     @staticmethod
     def predicate(clause: str) -> Callable[[dict], bool]:
@@ -78,7 +79,13 @@ class FakeDefender:
     def callback(self, request, context) -> dict:
         params = {k: v[0] for k, v in parse_qs(urlparse(request.url).query).items()}
         self.requests.append(params)
-        return {"value": self.query(params)}
+        rows = self.query(params)
+        body: dict = {"value": rows[:self.page_size]}
+        if len(rows) > self.page_size:
+            rest = {**params, "$skip": str(int(params.get("$skip", 0)) + self.page_size),
+                    "$top": str(int(params.get("$top", 10_000)) - self.page_size)}
+            body["@odata.nextLink"] = f"{ALERTS}?{urlencode(rest)}"
+        return body
 
 
 def served(alert: dict, with_evidence: bool) -> dict:
@@ -261,7 +268,7 @@ def test_a_failed_run_leaves_the_last_run_and_the_next_run_resumes(xsoar, fake, 
 
 
 def test_a_failure_on_a_later_page_emits_nothing(xsoar, fake, requests_mock, monkeypatch):
-    monkeypatch.setattr(mde, "FETCH_PAGE_SIZE", 2)
+    fake.page_size = 2
     fake.alerts = burst(5)
     xsoar.params = fetch_params(max_fetch="5")
     calls = []
@@ -285,7 +292,7 @@ def test_a_failure_on_a_later_page_emits_nothing(xsoar, fake, requests_mock, mon
 
 
 def test_a_burst_larger_than_max_fetch_and_split_across_pages_comes_out_whole(xsoar, fake, monkeypatch):
-    monkeypatch.setattr(mde, "FETCH_PAGE_SIZE", 7)
+    fake.page_size = 7
     fake.alerts = burst(300) + [make_alert(1000, 60 * TICKS_PER_SECOND)]
     xsoar.params = fetch_params(max_fetch="13")
 
@@ -378,7 +385,7 @@ def test_every_matching_alert_is_fetched_exactly_once(xsoar, fake, monkeypatch, 
     lookback_ticks = lookback_minutes * 60 * TICKS_PER_SECOND
     fake.alerts = random_stream(rng, lookback_ticks, max_burst=60)
     max_fetch = rng.randint(1, 7)
-    monkeypatch.setattr(mde, "FETCH_PAGE_SIZE", rng.randint(1, 7))
+    fake.page_size = rng.randint(1, 7)
     statuses, severities = random_subset(rng, mde.ALERT_STATUSES), random_subset(rng, mde.ALERT_SEVERITIES)
     sources = random_subset(rng, SOURCES[:3])
     xsoar.params = fetch_params(max_fetch=str(max_fetch), fetch_lookback_minutes=str(lookback_minutes),

@@ -10,8 +10,6 @@ import pytest
 from conftest import API, mock_entra
 from test_machines import MID, MID2, SHA1, SHA1_B, api_calls, path, query
 
-import MicrosoftDefenderForEndpoint as mde
-
 NOW = 1_714_557_600  # 2024-05-01T10:00:00Z
 A1 = "7a3e8c1d-5b2f-4e6a-9c0d-1f2e3a4b5c6d"
 A2 = "0b1c2d3e-4f50-6172-8394-a5b6c7d8e9f0"
@@ -41,11 +39,10 @@ def action_context(action_id: str = A1, machine_id: str = MID, type_: str = "Iso
 
 
 @pytest.fixture(autouse=True)
-def frozen_clock(monkeypatch, requests_mock):
+def frozen_clock(xsoar, requests_mock):
     mock_entra(requests_mock)
-    clock = {"now": float(NOW)}
-    monkeypatch.setattr(mde.time, "time", lambda: clock["now"])
-    return clock
+    xsoar.clock.time = float(NOW)
+    return xsoar.clock
 
 
 def status_poll(requests_mock, *actions: dict):
@@ -75,7 +72,7 @@ def test_isolate_polls_every_machine_to_a_final_status(xsoar, requests_mock, fro
     assert f"|desktop-1.contoso.com|{A1}|Isolate|Pending|no||" in first["HumanReadable"]
 
     # Round 2: one request for both actions, no new POST; one is done, one still pending.
-    frozen_clock["now"] += 10
+    frozen_clock.advance(10)
     poll = status_poll(requests_mock, action(A1, MID, status="Succeeded"), action(A2, MID2, status="InProgress"))
     second = xsoar.run(ISOLATE, args=first["PollingArgs"]).entry
 
@@ -89,7 +86,7 @@ def test_isolate_polls_every_machine_to_a_final_status(xsoar, requests_mock, fro
                                                    action_context(A2, MID2, status="InProgress")]}
 
     # Round 3: everything final: the outcome per machine, and no further run.
-    frozen_clock["now"] += 10
+    frozen_clock.advance(10)
     status_poll(requests_mock, action(A2, MID2, status="Failed"), action(A1, MID, status="Succeeded"))
     third = xsoar.run(ISOLATE, args=second["PollingArgs"]).entry
 
@@ -416,7 +413,7 @@ def test_request_and_download_returns_the_package_as_a_file(xsoar, requests_mock
     assert first["PollingArgs"] == {"machine_id": MID, "comment": "forensics", "machine_action_id": A1,
                                     "polling_started": str(NOW)}
 
-    frozen_clock["now"] += 10
+    frozen_clock.advance(10)
     status_poll(requests_mock, action(type_="CollectInvestigationPackage", status="Succeeded"))
     uri = requests_mock.get(f"{API}/machineactions/{A1}/getPackageUri", json={"value": f'"{PACKAGE_URL}"'})
     package = requests_mock.get(PACKAGE_URL, content=b"PK\x03\x04package-bytes")
