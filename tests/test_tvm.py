@@ -312,9 +312,9 @@ def test_a_100000_row_machine_vulnerability_walk_keeps_one_mapped_copy(xsoar, re
         tracemalloc.stop()
     assert len(rows) == total and len(run.context[CVE_KEY]) == 500
     assert run.entry["Contents"]["count"] == total and len(run.entry["Contents"]["sample"]) == 50
-    # what stays is the mapped rows; the walk's peak adds about one page of raw records, not a second copy
-    print("MEM", peak, kept, peak / kept)
-    assert peak < kept * 1.5, (peak, kept)
+    # what stays is the mapped rows; the walk's peak adds one page of raw records, not a second copy of all
+    # (measured: about 1.12 streamed; holding the raw records until mapping them reaches about 1.35)
+    assert peak < kept * 1.25, (peak, kept)
 
 
 def test_machines_by_vulnerability_merges_machines_and_reports_unknown_cves(xsoar, requests_mock):
