@@ -2702,8 +2702,8 @@ RECOMMENDATION = EntitySpec({
     "totalMachineCount": "TotalMachineCount", "exposedMachinesCount": "ExposedMachinesCount",
     "nonProductivityImpactedAssets": "NonProductivityImpactedAssets", "relatedComponent": "RelatedComponent",
     "machines": ("Machines", RECOMMENDATION_MACHINE), "vulnerabilities": ("Vulnerabilities", RECOMMENDATION_CVE),
-}, path="Recommendation", headers=("ID", "RecommendationName", "SeverityScore", "ExposureImpact",
-                                   "ExposedMachinesCount", "Weaknesses", "PublicExploit", "RemediationType", "Status"))
+}, path="Recommendation", headers=("ID", "RecommendationName", "SeverityScore", "ExposedMachinesCount", "Weaknesses",
+                                   "PublicExploit", "RemediationType"))
 EXPOSURE_SCORE = EntitySpec({"time": "Time", "score": "Score"}, path="ExposureScore", key=())
 MACHINE_GROUP_SCORE = EntitySpec({"time": "Time", "score": "Score", "rbacGroupName": "RBACGroupName",
                                   "rbacGroupId": "RBACGroupID"}, path="MachineGroupExposureScore",
@@ -2715,8 +2715,7 @@ REMEDIATION_TASK = EntitySpec({
     "fixedDevices": "FixedDevices", "rbacGroupNames": "RBACGroupNames", "dueOn": "DueOn", "category": "Category",
     "priority": "Priority", "type": "Type", "productId": "ProductID", "vendorId": "VendorID", "nameId": "NameID",
     "recommendedVersion": "RecommendedVersion", "completionMethod": "CompletionMethod",
-}, path="RemediationTask", headers=("ID", "Title", "Status", "Priority", "TargetDevices", "FixedDevices", "CreatedOn",
-                                    "DueOn"))
+}, path="RemediationTask", headers=("ID", "Title", "Status", "Priority", "TargetDevices", "FixedDevices", "DueOn"))
 
 
 class VulnerabilityApi:

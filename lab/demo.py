@@ -111,7 +111,20 @@ def alerts_and_fetch(t: Tour, ready: dict) -> None:
     t.run("fetcher", "fetch")
 
 
-HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch]
+def what_to_patch_first(t: Tour, ready: dict) -> None:
+    t.step("Which machines have this CVE, and what should we patch first?")
+    cves = json.loads(t.run("client-credentials", "microsoft-atp-list-vulnerabilities-by-software",
+                            "id=microsoft-_-windows_11", options=("--json",)))["MicrosoftATP.SoftwareCVE"]
+    cves = cves if isinstance(cves, list) else [cves]
+    worst = max(cves, key=lambda cve: (cve["cvssV3"], cve["exposedMachines"]))
+    t.run("client-credentials", "microsoft-atp-list-machines-by-vulnerability", f"cve_id={worst['id']}")
+    t.run("client-credentials", "microsoft-atp-list-security-recommendations", "severity_score=8",
+          "status=Active", "limit=5")
+    t.run("client-credentials", "microsoft-atp-get-exposure-score", "by_machine_group=true")
+    t.run("client-credentials", "microsoft-atp-list-remediation-tasks", "status=Active", "limit=5")
+
+
+HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch, what_to_patch_first]
 
 
 def main() -> int:
