@@ -70,6 +70,14 @@ def _now(request: Request) -> str:
     return format_datetime(request.emu.clock.utcnow())
 
 
+def _lookup(table: dict, key: str, entity_name: str):
+    """A record by its case-insensitive key (tables are keyed in one case), or the service's 404."""
+    record = table.get(key.upper() if entity_name == "Vulnerability" else key.lower())
+    if record is None:
+        raise not_found(entity_name, key)
+    return record
+
+
 def machine_reference(machine: dict) -> dict:
     return {k: machine[k] for k in ("id", "computerDnsName", "osPlatform", "rbacGroupName", "rbacGroupId")}
 
@@ -82,10 +90,7 @@ def _references(request: Request, machines: list[dict]) -> Response:
 # -- software ----------------------------------------------------------------------------------------------------
 def _software(request: Request):
     tvm = _tvm(request)
-    product = tvm.products_by_id.get(request.params["id"].lower())
-    if product is None:
-        raise not_found("Software", request.params["id"])
-    return tvm, product
+    return tvm, _lookup(tvm.products_by_id, request.params["id"], "Software")
 
 
 def list_software(request: Request) -> Response:
@@ -120,10 +125,7 @@ def software_missing_kbs(request: Request) -> Response:
 
 # -- vulnerabilities ---------------------------------------------------------------------------------------------
 def _vulnerability(request: Request) -> dict:
-    record = _tvm(request).vulnerabilities_by_id.get(request.params["cve"].upper())
-    if record is None:
-        raise not_found("Vulnerability", request.params["cve"])
-    return record
+    return _lookup(_tvm(request).vulnerabilities_by_id, request.params["cve"], "Vulnerability")
 
 
 def list_vulnerabilities(request: Request) -> Response:
@@ -177,10 +179,7 @@ def machine_recommendations(request: Request) -> Response:
 
 # -- recommendations, score, remediation -------------------------------------------------------------------------
 def _recommendation(request: Request) -> dict:
-    record = _tvm(request).recommendations_by_id.get(request.params["id"].lower())
-    if record is None:
-        raise not_found("Recommendation", request.params["id"])
-    return record
+    return _lookup(_tvm(request).recommendations_by_id, request.params["id"], "Recommendation")
 
 
 def list_recommendations(request: Request) -> Response:
@@ -231,10 +230,7 @@ def configuration_score(request: Request) -> Response:
 
 
 def _remediation_task(request: Request) -> dict:
-    record = _tvm(request).remediation_tasks_by_id.get(request.params["id"].lower())
-    if record is None:
-        raise not_found("RemediationTask", request.params["id"])
-    return record
+    return _lookup(_tvm(request).remediation_tasks_by_id, request.params["id"], "RemediationTask")
 
 
 def list_remediation_tasks(request: Request) -> Response:

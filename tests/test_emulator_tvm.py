@@ -7,12 +7,12 @@ import datetime as dt
 
 import pytest
 import requests
+from test_emulator import Api as EmulatorApi
 
 from mde_emulator.data import Store
 from mde_emulator.server import EmulatorServer, Options
 from mde_emulator.tvm_data import CATALOGUE_SIZE, TvmData
 
-MDE_SCOPE = "https://securitycenter.onmicrosoft.com/windowsatpservice/.default"
 DEFAULT_FAULTS = {"rate_limit_per_minute": None, "rate_limit_families": None, "rate_limit_window_seconds": 60}
 
 
@@ -22,23 +22,11 @@ def server():
         yield srv
 
 
-def _token(info, client: str) -> str:
-    creds = info["clients"][client]
-    r = requests.post(f"{info['login_url']}/{info['tenant_id']}/oauth2/v2.0/token", verify=info["ca_bundle"],
-                      data={"client_id": creds["client_id"], "client_secret": creds["client_secret"],
-                            "grant_type": "client_credentials", "scope": MDE_SCOPE}, timeout=10)
-    assert r.status_code == 200, r.text
-    return r.json()["access_token"]
-
-
-class Api:
-    def __init__(self, info, client="full"):
-        self.info = info
-        self.headers = {"Authorization": f"Bearer {_token(info, client)}"}
+class Api(EmulatorApi):
+    """The emulator tests' API client, with query parameters and the `value` of collections."""
 
     def get(self, path, **params) -> requests.Response:
-        return requests.get(f"{self.info['api_url']}{path}", headers=self.headers, params=params or None,
-                            verify=self.info["ca_bundle"], timeout=30)
+        return super().get(path, params=params or None)
 
     def values(self, path, **params) -> list[dict]:
         r = self.get(path, **params)
