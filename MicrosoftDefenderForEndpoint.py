@@ -751,8 +751,8 @@ def api_error_from(response: requests.Response, method: str, path: str) -> ApiEr
     else:
         message = (response.text or response.reason or "")[:500]
     status = response.status_code
-    hint = STATUS_HINTS.get(status, "Microsoft's service failed; it was retried. Try again later."
-                            if status >= 500 else "")
+    retried = "it was retried. " if method == "GET" else ""
+    hint = STATUS_HINTS.get(status, f"Microsoft's service failed; {retried}Try again later." if status >= 500 else "")
     text = f"{method} {path} failed with HTTP {status}{' ' + code if code else ''}: {message}".rstrip(": ")
     if hint:
         text += f". {hint}"
@@ -792,19 +792,32 @@ class Transport:
     def provider(self) -> TokenProvider:
         return self.auth.provider
 
-    def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None) -> Any:
-        """Sends one API call with the retry rules below and returns the parsed JSON (None when empty)."""
+    def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
+                expect: type | None = dict) -> Any:
+        """Sends one API call with the retry rules below and returns the parsed JSON. A success whose body is not
+        what the endpoint documents (`expect`: a JSON object unless told otherwise; None accepts an empty body)
+        is an error naming the endpoint and status, never a half-read result."""
         url = path if path.startswith("https://") else f"{self.api_url}/{path.lstrip('/')}"
         query = urlencode(params, quote_via=_quote_odata) if params else None
         response = self._send(method, url, query, json_body)
         if not response.ok:
             raise api_error_from(response, method, _display_path(url))
-        if response.status_code == 204 or not response.content:
+        if expect is None and (response.status_code == 204 or not response.content):
             return None
+        where = f"{method} {_display_path(url)} answered HTTP {response.status_code}"
+        if not response.content:
+            raise ApiError(f"{where} with an empty body where Microsoft documents a JSON object.",
+                           status=response.status_code, code="UnexpectedBody")
         try:
-            return response.json()
+            body = response.json()
         except ValueError as exc:
-            raise ApiError(f"{method} {_display_path(url)} returned a body that is not JSON.") from exc
+            kind = "an HTML page" if "html" in response.headers.get("Content-Type", "").lower() else "a body"
+            raise ApiError(f"{where} with {kind} that is not JSON; a proxy or gateway may have answered instead of "
+                           "Microsoft.", status=response.status_code, code="UnexpectedBody") from exc
+        if expect is not None and not isinstance(body, expect):
+            raise ApiError(f"{where} with a JSON {type(body).__name__} where Microsoft documents a JSON object.",
+                           status=response.status_code, code="UnexpectedBody")
+        return body
 
     def _send(self, method: str, url: str, query: str | None, json_body: Any) -> requests.Response:
         """429: wait as told and retry (any method: the call was not processed). 5xx and connection
@@ -857,7 +870,7 @@ class Transport:
             if top <= 0:
                 return
             page_params = {**(params or {}), "$top": top, "$skip": skip} if url == path else None
-            body = self.request("GET", url, params=page_params) or {}
+            body = self.request("GET", url, params=page_params)
             items = body.get("value") or []
             first = items[0].get("id", json.dumps(items[0], sort_keys=True)) if items else None
             if items and first == previous_first:
@@ -900,9 +913,18 @@ def _quote_odata(value: str, safe: str = "", encoding: str | None = None, errors
     return quote(value, safe="$'(),:/", encoding=encoding, errors=errors)
 
 
-def segment(value: str) -> str:
-    """A value placed in a URL path, percent-encoded (IPv6 colons, quotes, slashes)."""
-    return quote(str(value), safe="")
+UNSAFE_IN_SEGMENT = re.compile(r"[/\\?#%\x00-\x1f\x7f]")
+
+
+def segment(value: Any, name: str) -> str:
+    """A value placed in a URL path as exactly one segment, percent-encoded (IPv6 colons, quotes, spaces).
+    Values the HTTP stack would reinterpret (empty, `.`, `..`, `/`, `\\`, `?`, `#`, `%`) are refused, naming the
+    argument, before any request: `users/..` would otherwise become `/api/` and answer for everyone."""
+    text = str(value)
+    if text.strip() in ("", ".", "..") or UNSAFE_IN_SEGMENT.search(text):
+        raise ArgumentError(f"{name} cannot be used as '{text}': it must not be empty, '.' or '..', nor contain "
+                            "/, \\, ?, # or %.")
+    return quote(text, safe="")
 
 
 def _display_path(url: str) -> str:
@@ -1000,16 +1022,17 @@ def arg_to_datetime(value: Any, name: str, *, now: datetime | None = None) -> da
     if value is None or str(value).strip() == "":
         return None
     text = str(value).strip()
-    match = RELATIVE_TIME.match(text)
-    if match:
-        seconds = int(match.group(1)) * UNIT_SECONDS[match.group(2).lower()]
-        return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
     try:
-        parsed = parse_iso_datetime(text)
+        match = RELATIVE_TIME.match(text)
+        if match:
+            seconds = int(match.group(1)) * UNIT_SECONDS[match.group(2).lower()]
+            return (now or datetime.now(timezone.utc)) - timedelta(seconds=seconds)
+        return parse_iso_datetime(text)
+    except OverflowError:  # "5000 years": before year 1
+        raise ArgumentError(f"{name} reaches too far back (got '{value}'); give a time after the year 2000.") from None
     except ValueError:
         raise ArgumentError(f"{name} must be an ISO 8601 time such as 2024-05-01T10:00:00Z or a relative time "
                             f"such as '3 days' (got '{value}').") from None
-    return parsed
 
 
 def parse_iso_datetime(text: str) -> datetime:
@@ -1057,13 +1080,16 @@ def validate_sha1(value: str, name: str = "file_hash") -> str:
 
 
 def validate_ip(value: str, name: str = "ip") -> str:
+    """An IPv4 or IPv6 address; IPv6 zone ids (`fe80::1%eth0`) are refused: Microsoft does not record them."""
     try:
+        if "%" in value:
+            raise ValueError(value)
         return str(ipaddress.ip_address(value.strip()))
     except ValueError:
-        raise ArgumentError(f"{name} must be an IPv4 or IPv6 address (got '{value}').") from None
+        raise ArgumentError(f"{name} must be an IPv4 or IPv6 address without a zone id (got '{value}').") from None
 
 
-DOMAIN_NAME = re.compile(r"^(?=.{1,253}$)[^\s/:@?#\\.]+(?:\.[^\s/:@?#\\.]+)*\.?$")
+DOMAIN_NAME = re.compile(r"^(?=.{1,253}$)\w(?:[\w-]{0,61}\w)?(?:\.\w(?:[\w-]{0,61}\w)?)*\.?$")  # IDNs too
 
 
 def validate_domain(value: str, name: str = "domain") -> str:
@@ -1071,6 +1097,28 @@ def validate_domain(value: str, name: str = "domain") -> str:
         raise ArgumentError(f"{name} must be a domain name such as contoso.com, without scheme or path "
                             f"(got '{value}').")
     return value.strip()
+
+
+OBJECT_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_-]{0,127}$")  # alert and investigation ids (da6374..._-1364)
+# Windows account names cannot hold these characters (nor '@': users are looked up by account name, not UPN).
+ACCOUNT_NAME = re.compile(r'^[^"/\\\[\]:;|=,+*?<>@%#\x00-\x1f]{1,104}$')
+
+
+def validate_object_id(value: str, name: str, what: str) -> str:
+    if not OBJECT_ID.match(value.strip()):
+        raise ArgumentError(f"{name} must be {what} ID: letters, digits, '-' and '_' (got '{value}').")
+    return value.strip()
+
+
+def validate_account_name(value: str, name: str = "username") -> str:
+    text = value.strip()
+    if "@" in text:
+        raise ArgumentError(f"{name} must be the account name (e.g. jdoe), not a UPN or e-mail address (got "
+                            f"'{value}'): Microsoft looks users up by account name.")
+    text = text.rsplit("\\", 1)[-1]  # DOMAIN\jdoe -> jdoe
+    if text in (".", "..") or not ACCOUNT_NAME.match(text):
+        raise ArgumentError(f"{name} must be a Windows account name such as jdoe (got '{value}').")
+    return text
 
 
 def odata_literal(value: Any) -> str:
@@ -1164,7 +1212,7 @@ def call_for_each(items: list[str], call: Callable[[str], Any], what: str) -> tu
     for item in items:
         try:
             done.append((item, call(item)))
-        except ApiError as exc:
+        except IntegrationError as exc:  # an invalid value or an API error: that item's failure
             failed.append((item, str(exc)))
     if failed and not done:
         raise IntegrationError(f"{what} failed for every item:\n" + "\n".join(f"- {i}: {e}" for i, e in failed))
@@ -1539,32 +1587,34 @@ class MachinesApi:
         return self.paginate("machines", params, limit=limit, offset=offset)
 
     def get_machine(self, machine_id: str) -> dict:
-        return self.request("GET", f"machines/{machine_id}")
+        return self.request("GET", f"machines/{segment(machine_id, 'machine_id')}")
 
     def find_machines_by_ip(self, ip: str, timestamp: datetime) -> list[dict]:
         return self.get_values(f"machines/findbyip(ip='{ip}',timestamp={format_datetime(timestamp)})")
 
     def list_machine_logon_users(self, machine_id: str) -> list[dict]:
-        return self.get_values(f"machines/{machine_id}/logonusers")
+        return self.get_values(f"machines/{segment(machine_id, 'machine_id')}/logonusers")
 
     def tag_machine(self, machine_id: str, tag: str, action: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/tags", json_body={"Value": tag, "Action": action})
+        return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/tags", json_body={"Value": tag, "Action": action})
 
     def list_file_machines(self, sha1: str) -> list[dict]:
-        return self.get_values(f"files/{sha1}/machines")
+        return self.get_values(f"files/{segment(sha1, 'file_hash')}/machines")
 
     def list_domain_machines(self, domain: str) -> list[dict]:
-        return self.get_values(f"domains/{segment(domain)}/machines")
+        return self.get_values(f"domains/{segment(domain, 'domain')}/machines")
 
     def list_user_machines(self, username: str) -> list[dict]:
-        return self.get_values(f"users/{segment(username)}/machines")
+        return self.get_values(f"users/{segment(username, 'username')}/machines")
 
 
 def machine_ids_arg(args: dict, name: str = "machine_id") -> list[str]:
-    ids = [validate_machine_id(value, name) for value in arg_to_list(args.get(name))]
+    """The machine ids of a multi-machine command, as given: each is validated on its own when used, so one bad
+    id fails only itself (playbooks pass lists and continue on error)."""
+    ids = list(dict.fromkeys(value.lower() for value in arg_to_list(args.get(name))))
     if not ids:
         raise ArgumentError(f"{name} is required: one or more machine IDs, comma-separated.")
-    return list(dict.fromkeys(ids))
+    return ids
 
 
 def endpoint_context(machine: dict, isolated: bool | None = None) -> dict:
@@ -1665,13 +1715,15 @@ def get_machine_by_ip_command(client: "Client", args: dict) -> CommandResult:
 
 @command("microsoft-atp-get-machine-details", MACHINE_READ)
 def get_machine_details_command(client: "Client", args: dict) -> CommandResult:
-    found, failed = call_for_each(machine_ids_arg(args), client.get_machine, "Getting machine details")
+    found, failed = call_for_each(machine_ids_arg(args), lambda machine_id: client.get_machine(
+        validate_machine_id(machine_id)), "Getting machine details")
     return machines_result("Machine details", [machine for _, machine in found], failed=failed)
 
 
 @command("microsoft-atp-get-machine-users", ("User.Read.All",))
 def get_machine_users_command(client: "Client", args: dict) -> CommandResult:
-    found, failed = call_for_each(machine_ids_arg(args), client.list_machine_logon_users, "Listing logon users")
+    found, failed = call_for_each(machine_ids_arg(args), lambda machine_id: client.list_machine_logon_users(
+        validate_machine_id(machine_id)), "Listing logon users")
     users = [{**user, "machineId": machine_id} for machine_id, logons in found for user in logons]
     return entity_result(MACHINE_USER, users, "Users who logged on to the machine",
                          extra=lambda user: {"MachineID": user["machineId"]}, failed=failed,
@@ -1683,7 +1735,8 @@ def add_remove_machine_tag_command(client: "Client", args: dict) -> CommandResul
     machine_ids = machine_ids_arg(args)
     action = required_choice(args, "action", TAG_ACTIONS)
     tag = arg_required(args, "tag")
-    found, failed = call_for_each(machine_ids, lambda machine_id: client.tag_machine(machine_id, tag, action),
+    found, failed = call_for_each(machine_ids, lambda machine_id: client.tag_machine(
+        validate_machine_id(machine_id), tag, action),
                                   f"{action} tag")
     verb = "added to" if action == "Add" else "removed from"
     return machines_result(f"Tag '{tag}' {verb} machines", [machine for _, machine in found], failed=failed)
@@ -1716,10 +1769,7 @@ def get_domain_machines_command(client: "Client", args: dict) -> CommandResult:
 @command("microsoft-atp-get-user-machines", MACHINE_READ)
 def get_user_machines_command(client: "Client", args: dict) -> CommandResult:
     username = arg_required(args, "username")
-    if "@" in username:
-        raise ArgumentError(f"username must be the account name (e.g. jdoe), not a UPN or e-mail address (got "
-                            f"'{username}'): Microsoft looks users up by account name.")
-    machines = client.list_user_machines(username.rsplit("\\", 1)[-1])  # DOMAIN\jdoe -> jdoe
+    machines = client.list_user_machines(validate_account_name(username))
     return entity_result(MACHINE, machines, f"Machines {username} logged on to", path="UserMachine",
                          group=("Username", username, "Machines"))
 
@@ -1772,42 +1822,42 @@ class MachineActionsApi:
     """Defender API calls of the machine-actions area (mixed into Client)."""
 
     def isolate_machine(self, machine_id: str, comment: str, isolation_type: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/isolate",
+        return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/isolate",
                             json_body={"Comment": comment, "IsolationType": isolation_type})
 
     def unisolate_machine(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/unisolate", json_body={"Comment": comment})
+        return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/unisolate", json_body={"Comment": comment})
 
     def run_antivirus_scan(self, machine_id: str, comment: str, scan_type: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/runAntiVirusScan",
+        return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/runAntiVirusScan",
                             json_body={"Comment": comment, "ScanType": scan_type})
 
     def restrict_code_execution(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/restrictCodeExecution", json_body={"Comment": comment})
+        return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/restrictCodeExecution", json_body={"Comment": comment})
 
     def unrestrict_code_execution(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/unrestrictCodeExecution", json_body={"Comment": comment})
+        return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/unrestrictCodeExecution", json_body={"Comment": comment})
 
     def stop_and_quarantine_file(self, machine_id: str, comment: str, sha1: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/StopAndQuarantineFile",
+        return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/StopAndQuarantineFile",
                             json_body={"Comment": comment, "Sha1": sha1})
 
     def collect_investigation_package(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/collectInvestigationPackage",
+        return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/collectInvestigationPackage",
                             json_body={"Comment": comment})
 
     def offboard_machine(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/offboard", json_body={"Comment": comment})
+        return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/offboard", json_body={"Comment": comment})
 
     def list_machine_actions(self, *, odata_filter: str | None = None, limit: int | None = None) -> list[dict]:
         params = {"$filter": odata_filter} if odata_filter else {}
         return list(self.paginate("machineactions", params, limit=limit))
 
     def cancel_machine_action(self, action_id: str, comment: str) -> dict:
-        return self.request("POST", f"machineactions/{action_id}/cancel", json_body={"Comment": comment})
+        return self.request("POST", f"machineactions/{segment(action_id, 'action_id')}/cancel", json_body={"Comment": comment})
 
     def get_investigation_package_uri(self, action_id: str) -> dict:
-        return self.request("GET", f"machineactions/{action_id}/getPackageUri") or {}
+        return self.request("GET", f"machineactions/{segment(action_id, 'action_id')}/getPackageUri")
 
 
 def validate_action_id(value: str, name: str = "action_id") -> str:
@@ -1936,6 +1986,7 @@ def request_action(client: "Client", command: ActionCommand, target: ActionTarge
     """Creates one action. If Microsoft says one is already pending, returns that one: a second
     request would be refused, and retrying later would queue a duplicate."""
     try:
+        validate_machine_id(target.machine_id)
         try:
             return ActionOutcome(target.machine_id, create(target))
         except ApiError as exc:
@@ -1943,7 +1994,7 @@ def request_action(client: "Client", command: ActionCommand, target: ActionTarge
             if pending is None:
                 raise
             return ActionOutcome(target.machine_id, pending, preexisting=True)
-    except ApiError as exc:
+    except IntegrationError as exc:  # an invalid machine id or an API error: this machine's outcome
         return ActionOutcome(target.machine_id, error=str(exc))
 
 
@@ -2202,40 +2253,40 @@ class AlertsApi:
 
     def get_alert(self, alert_id: str, *, expand_evidence: bool = False) -> dict:
         params = {"$expand": "evidence"} if expand_evidence else None
-        return self.request("GET", f"alerts/{segment(alert_id)}", params=params) or {}
+        return self.request("GET", f"alerts/{segment(alert_id, 'alert_id')}", params=params)
 
     def update_alert(self, alert_id: str, changes: dict) -> dict:
-        return self.request("PATCH", f"alerts/{segment(alert_id)}", json_body=changes) or {}
+        return self.request("PATCH", f"alerts/{segment(alert_id, 'alert_id')}", json_body=changes)
 
     def create_alert_by_reference(self, alert: dict) -> dict:
-        return self.request("POST", "alerts/CreateAlertByReference", json_body=alert) or {}
+        return self.request("POST", "alerts/CreateAlertByReference", json_body=alert)
 
     def get_alert_user(self, alert_id: str) -> dict:
-        return self.request("GET", f"alerts/{segment(alert_id)}/user") or {}
+        return self.request("GET", f"alerts/{segment(alert_id, 'alert_id')}/user")
 
     def list_alert_files(self, alert_id: str) -> list[dict]:
-        return self.get_values(f"alerts/{segment(alert_id)}/files")
+        return self.get_values(f"alerts/{segment(alert_id, 'alert_id')}/files")
 
     def list_alert_ips(self, alert_id: str) -> list[dict]:
-        return self.get_values(f"alerts/{segment(alert_id)}/ips")
+        return self.get_values(f"alerts/{segment(alert_id, 'alert_id')}/ips")
 
     def list_alert_domains(self, alert_id: str) -> list[dict]:
-        return self.get_values(f"alerts/{segment(alert_id)}/domains")
+        return self.get_values(f"alerts/{segment(alert_id, 'alert_id')}/domains")
 
     def list_file_alerts(self, sha1: str) -> list[dict]:
-        return self.get_values(f"files/{sha1}/alerts")
+        return self.get_values(f"files/{segment(sha1, 'file_hash')}/alerts")
 
     def list_ip_alerts(self, ip: str) -> list[dict]:
-        return self.get_values(f"ips/{segment(ip)}/alerts")
+        return self.get_values(f"ips/{segment(ip, 'ip')}/alerts")
 
     def list_domain_alerts(self, domain: str) -> list[dict]:
-        return self.get_values(f"domains/{segment(domain)}/alerts")
+        return self.get_values(f"domains/{segment(domain, 'domain')}/alerts")
 
     def list_user_alerts(self, username: str) -> list[dict]:
-        return self.get_values(f"users/{segment(username)}/alerts")
+        return self.get_values(f"users/{segment(username, 'username')}/alerts")
 
     def list_machine_alerts(self, machine_id: str) -> list[dict]:
-        return self.get_values(f"machines/{machine_id}/alerts")
+        return self.get_values(f"machines/{segment(machine_id, 'machine_id')}/alerts")
 
 
 @command("microsoft-atp-list-alerts", ALERT_READ)
@@ -2259,15 +2310,15 @@ def get_alert_by_id_command(client: "Client", args: dict) -> CommandResult:
     if not alert_ids:
         raise ArgumentError("alert_ids is required: one alert ID or a comma-separated list of them.")
     evidence = arg_to_bool(args.get("evidence"), "evidence")
-    found, failed = call_for_each(alert_ids, lambda alert_id: client.get_alert(alert_id, expand_evidence=evidence),
-                                  "Getting alerts")
+    found, failed = call_for_each(alert_ids, lambda alert_id: client.get_alert(
+        validate_object_id(alert_id, "alert_ids", "an alert"), expand_evidence=evidence), "Getting alerts")
     return entity_result(ALERT, [alert for _, alert in found], "Microsoft Defender for Endpoint alerts",
                          failed=failed, failure_label="Alert ID")
 
 
 @command("microsoft-atp-update-alert", ("Alert.ReadWrite.All",))
 def update_alert_command(client: "Client", args: dict) -> CommandResult:
-    alert_id = arg_required(args, "alert_id")
+    alert_id = validate_object_id(arg_required(args, "alert_id"), "alert_id", "an alert")
     changes = {
         "status": arg_choice(args.get("status"), "status", ALERT_STATUSES),
         "assignedTo": str(args.get("assigned_to") or "").strip(),
@@ -2306,7 +2357,7 @@ def create_alert_command(client: "Client", args: dict) -> CommandResult:
 
 @command("microsoft-atp-get-alert-related-user", ("User.Read.All",))
 def get_alert_related_user_command(client: "Client", args: dict) -> CommandResult:
-    alert_id = arg_required(args, "id")
+    alert_id = validate_object_id(arg_required(args, "id"), "id", "an alert")
     return entity_result(USER, client.get_alert_user(alert_id), f"User related to alert {alert_id}",
                          path="AlertUser", group=("AlertID", alert_id, "User"))
 
@@ -2314,7 +2365,7 @@ def get_alert_related_user_command(client: "Client", args: dict) -> CommandResul
 def alert_related(client: "Client", args: dict, spec: EntitySpec, what: str, items_key: str,
                   fetch: Callable[[str], list[dict]]) -> CommandResult:
     """Files, IPs or domains of one alert; the endpoint does not page, so limit and offset apply here."""
-    alert_id = arg_required(args, "id")
+    alert_id = validate_object_id(arg_required(args, "id"), "id", "an alert")
     paging = paging_args(args)
     records = fetch(alert_id)
     if paging.limit is not None:
@@ -2372,7 +2423,7 @@ def get_domain_alerts_command(client: "Client", args: dict) -> CommandResult:
 @command("microsoft-atp-get-user-alerts", ALERT_READ)
 def get_user_alerts_command(client: "Client", args: dict) -> CommandResult:
     username = arg_required(args, "username")
-    return entity_result(ALERT, client.list_user_alerts(username), f"Alerts related to user {username}",
+    return entity_result(ALERT, client.list_user_alerts(validate_account_name(username)), f"Alerts related to user {username}",
                          path="UserAlert", group=("Username", username, "Alerts"))
 
 
@@ -2396,15 +2447,17 @@ class InvestigationsApi:
         return list(self.paginate("investigations", limit=limit, offset=offset))
 
     def get_investigation(self, investigation_id: str) -> dict:
-        return self.request("GET", f"investigations/{segment(investigation_id)}") or {}
+        return self.request("GET", f"investigations/{segment(investigation_id, 'investigation_id')}")
 
     def start_investigation(self, machine_id: str, comment: str) -> dict:
-        return self.request("POST", f"machines/{machine_id}/startInvestigation", json_body={"Comment": comment}) or {}
+        return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/startInvestigation", json_body={"Comment": comment})
 
 
 @command("microsoft-atp-list-investigations", ALERT_READ)
 def list_investigations_command(client: "Client", args: dict) -> CommandResult:
     investigation_id = str(args.get("id") or "").strip()
+    if investigation_id:
+        investigation_id = validate_object_id(investigation_id, "id", "an investigation")
     paging = paging_args(args)
     if investigation_id:
         investigations = [client.get_investigation(investigation_id)]
@@ -2467,7 +2520,7 @@ def fetch_settings_from_params(params: dict, now: datetime | None = None) -> Fet
     lookback = arg_to_int(params.get("fetch_lookback_minutes"), "fetch_lookback_minutes (Look-back window)",
                           default=10, minimum=0, maximum=1440)
     return FetchSettings(
-        first_fetch=arg_to_datetime(params.get("first_fetch_timestamp") or "3 days",
+        first_fetch=arg_to_datetime(str(params.get("first_fetch_timestamp") or "").strip() or "3 days",
                                     "first_fetch_timestamp (First fetch timestamp)", now=now),
         max_fetch=int(arg_to_int(params.get("max_fetch"), "max_fetch (Maximum number of incidents to fetch)",
                                  default=50, minimum=1, maximum=10_000)),
@@ -3120,6 +3173,17 @@ def return_error(message: str) -> None:
     demisto.results({"Type": 4, "ContentsFormat": "text", "Contents": message})
 
 
+def checked_args(args: dict) -> dict:
+    """Refuses text that cannot be sent at all (lone surrogates from a broken encoding), naming the argument."""
+    for name, value in args.items():
+        try:
+            str(value).encode("utf-8")
+        except UnicodeEncodeError:
+            raise ArgumentError(f"{name} contains characters that are not valid Unicode (a lone surrogate); "
+                                "re-enter the value.") from None
+    return args
+
+
 def main(clock: Clock = SYSTEM_CLOCK) -> None:
     command = demisto.command()
     log_debug(f"Command being called is {command}")
@@ -3129,7 +3193,7 @@ def main(clock: Clock = SYSTEM_CLOCK) -> None:
             raise IntegrationError(f"Command '{command}' is not implemented by {INTEGRATION_NAME}.")
         params = demisto.params()
         client = build_client(params, clock=clock)
-        return_results(spec.func(client, params if spec.takes_params else demisto.args()))
+        return_results(spec.func(client, params if spec.takes_params else checked_args(demisto.args())))
     except IntegrationError as exc:
         return_error(REDACT(str(exc)))
     except Exception as exc:  # never a traceback in the War Room

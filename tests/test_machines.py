@@ -233,12 +233,21 @@ def test_get_machine_details_fails_when_every_machine_fails(xsoar, requests_mock
     assert "failed for every item" in run.error
 
 
-@pytest.mark.parametrize("machine_id", ["desktop-1", MID[:-1], MID + "0", "g" * 40, ""])
-def test_get_machine_details_validates_machine_ids(xsoar, requests_mock, machine_id):
-    run = xsoar.run("microsoft-atp-get-machine-details", args={"machine_id": f"{MID},{machine_id}" if machine_id
-                                                                else ""})
+@pytest.mark.parametrize("machine_id", ["desktop-1", MID[:-1], MID + "0", "g" * 40, "..", "a/b"])
+def test_an_invalid_machine_id_fails_alone_and_the_valid_one_is_still_read(xsoar, requests_mock, machine_id):
+    valid = requests_mock.get(f"{API}/machines/{MID}", json=machine())
+    run = xsoar.run("microsoft-atp-get-machine-details", args={"machine_id": f"{MID},{machine_id}"})
 
-    assert "machine_id" in run.error
+    assert valid.call_count == 1
+    assert run.context["MicrosoftATP.Machine(val.ID && val.ID == obj.ID)"][0]["ID"] == MID
+    failed_row = next(line for line in run.entry["HumanReadable"].splitlines()
+                      if line.startswith(f"|{machine_id.lower()}|"))
+    assert "machine_id must be a machine ID" in failed_row
+    assert [r.url for r in requests_mock.request_history if "/api/" in r.url] == [f"{API}/machines/{MID}"]
+
+
+def test_machine_details_without_any_id_fails_before_any_request(xsoar, requests_mock):
+    assert "machine_id is required" in xsoar.run("microsoft-atp-get-machine-details", args={"machine_id": ""}).error
     assert requests_mock.call_count == 0
 
 
