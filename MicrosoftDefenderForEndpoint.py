@@ -2779,16 +2779,17 @@ class VulnerabilityApi:
         return self.paginate("Software", _filter_param(odata_filter), limit=limit, offset=offset)
 
     def list_software_versions(self, software_id: str) -> list[dict]:
-        return list(self.paginate(f"Software/{segment(software_id)}/distributions"))
+        return list(self.paginate(f"Software/{segment(software_id, 'id')}/distributions"))
 
     def list_software_machines(self, software_id: str) -> Iterator[dict]:
-        return self.paginate(f"Software/{segment(software_id)}/machineReferences")
+        return self.paginate(f"Software/{segment(software_id, 'id')}/machineReferences")
 
     def list_software_vulnerabilities(self, software_id: str) -> Iterator[dict]:
-        return self.paginate(f"Software/{segment(software_id)}/vulnerabilities", page_size=VULNERABILITIES_PAGE_SIZE)
+        return self.paginate(f"Software/{segment(software_id, 'id')}/vulnerabilities",
+                             page_size=VULNERABILITIES_PAGE_SIZE)
 
     def list_software_missing_kbs(self, software_id: str) -> Iterator[dict]:
-        return self.paginate(f"Software/{segment(software_id)}/getmissingkbs")
+        return self.paginate(f"Software/{segment(software_id, 'id')}/getmissingkbs")
 
     def list_vulnerabilities(self, *, odata_filter: str | None = None, limit: int | None = None,
                              offset: int = 0) -> Iterator[dict]:
@@ -2796,7 +2797,7 @@ class VulnerabilityApi:
                              page_size=VULNERABILITIES_PAGE_SIZE)
 
     def list_vulnerability_machines(self, cve_id: str) -> list[dict]:
-        return list(self.paginate(f"vulnerabilities/{segment(cve_id)}/machineReferences"))
+        return list(self.paginate(f"vulnerabilities/{segment(cve_id, 'cve_id')}/machineReferences"))
 
     def list_machine_vulnerability_records(self, *, odata_filter: str | None = None, limit: int | None = None,
                                            offset: int = 0) -> Iterator[dict]:
@@ -2804,23 +2805,24 @@ class VulnerabilityApi:
                              offset=offset)
 
     def list_machine_software(self, machine_id: str) -> Iterator[dict]:
-        return self.paginate(f"machines/{segment(machine_id)}/software")
+        return self.paginate(f"machines/{segment(machine_id, 'machine_id')}/software")
 
     def list_machine_missing_kbs(self, machine_id: str) -> Iterator[dict]:
-        return self.paginate(f"machines/{segment(machine_id)}/getmissingkbs")
+        return self.paginate(f"machines/{segment(machine_id, 'machine_id')}/getmissingkbs")
 
     def list_machine_vulnerabilities(self, machine_id: str) -> Iterator[dict]:
-        return self.paginate(f"machines/{segment(machine_id)}/vulnerabilities", page_size=VULNERABILITIES_PAGE_SIZE)
+        return self.paginate(f"machines/{segment(machine_id, 'machine_id')}/vulnerabilities",
+                             page_size=VULNERABILITIES_PAGE_SIZE)
 
     def list_recommendations(self, *, odata_filter: str | None = None, limit: int | None = None,
                              offset: int = 0) -> Iterator[dict]:
         return self.paginate("recommendations", _filter_param(odata_filter), limit=limit, offset=offset)
 
     def list_recommendation_machines(self, recommendation_id: str) -> list[dict]:
-        return list(self.paginate(f"recommendations/{segment(recommendation_id)}/machineReferences"))
+        return list(self.paginate(f"recommendations/{segment(recommendation_id, 'id')}/machineReferences"))
 
     def list_recommendation_vulnerabilities(self, recommendation_id: str) -> list[dict]:
-        return list(self.paginate(f"recommendations/{segment(recommendation_id)}/vulnerabilities",
+        return list(self.paginate(f"recommendations/{segment(recommendation_id, 'id')}/vulnerabilities",
                                   page_size=VULNERABILITIES_PAGE_SIZE))
 
     def get_exposure_score(self) -> dict:
@@ -2834,7 +2836,7 @@ class VulnerabilityApi:
         return self.paginate("remediationTasks", _filter_param(odata_filter), limit=limit, offset=offset)
 
     def get_remediation_task(self, task_id: str) -> dict:
-        return self.request("GET", f"remediationTasks/{segment(task_id)}") or {}
+        return self.request("GET", f"remediationTasks/{segment(task_id, 'id')}") or {}
 
 
 def _filter_param(odata_filter: str | None) -> dict:

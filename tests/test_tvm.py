@@ -527,7 +527,8 @@ def test_hostile_filter_values_stay_literals(xsoar, requests_mock, name, fragmen
 @given(value=st.text(max_size=30))
 def test_hostile_path_values_never_leave_their_segment(xsoar, requests_mock, value):
     requests_mock.reset_mock()
-    requests_mock.get(f"{API}/Software/{mde.segment(value.strip().lower())}/machineReferences", json={"value": []})
+    requests_mock.get(f"{API}/Software/{mde.quote(value.strip().lower(), safe='')}/machineReferences",
+                      json={"value": []})
     run = xsoar.run("microsoft-atp-list-machines-by-software", args={"id": value})
     calls = api_calls(requests_mock)
     if run.errors:
