@@ -101,6 +101,14 @@ def task(task_id: str = TASK_ID, **overrides) -> dict:
 
 
 # ---- software ---------------------------------------------------------------------------------------------------
+def test_list_software_offset_and_all_results(xsoar, requests_mock):
+    route = requests_mock.get(f"{API}/Software", json={"value": []})
+    xsoar.run("microsoft-atp-list-software", args={"limit": "7", "offset": "14"})
+    assert query(route.last_request) == {"$top": ["7"], "$skip": ["14"]}
+    xsoar.run("microsoft-atp-list-software", args={"all_results": "true", "limit": "7"})
+    assert query(route.last_request) == {"$top": ["10000"], "$skip": ["0"]}
+
+
 def test_list_software_defaults_to_50_and_keeps_microsofts_names(xsoar, requests_mock):
     route = requests_mock.get(f"{API}/Software", json={"value": [software()]})
 
@@ -261,13 +269,14 @@ def test_vulnerabilities_by_machine_every_filter_in_one_query(xsoar, requests_mo
 
     run = xsoar.run("microsoft-atp-list-vulnerabilities-by-machine", args={
         "software_id": "microsoft-_-outlook,google-_-chrome", "cve_id": CVE, "product_name": "outlook",
-        "product_version": "16.0.0", "severity": "critical", "product_vendor": "microsoft", "limit": "10"})
+        "product_version": "16.0.0", "severity": "critical", "product_vendor": "microsoft", "limit": "10",
+        "offset": "30"})
 
     assert query(route.last_request) == {
         "$filter": ["((productVendor eq 'microsoft' and productName eq 'outlook') or "
                     "(productVendor eq 'google' and productName eq 'chrome')) and "
                     f"cveId eq '{CVE}' and productName eq 'outlook' and productVersion eq '16.0.0' and "
-                    "severity eq 'Critical' and productVendor eq 'microsoft'"], "$top": ["10"], "$skip": ["0"]}
+                    "severity eq 'Critical' and productVendor eq 'microsoft'"], "$top": ["10"], "$skip": ["30"]}
     assert run.context == {MACHINE_CVE_KEY: [machine_vuln()], CVE_KEY: [{"ID": CVE}]}
 
 
