@@ -153,11 +153,13 @@ class AuthError(IntegrationError):
 class ApiError(IntegrationError):
     """The Defender API answered with an error."""
 
-    def __init__(self, message: str, status: int | None = None, code: str = "", target: str = ""):
+    def __init__(self, message: str, status: int | None = None, code: str = "", target: str = "",
+                 ambiguous: bool = False):
         super().__init__(message)
         self.status = status
         self.code = code
         self.target = target
+        self.ambiguous = ambiguous  # a write that Microsoft may have carried out although no success came back
 
 
 class Redactor:
@@ -758,7 +760,8 @@ def api_error_from(response: requests.Response, method: str, path: str) -> ApiEr
         text += f". {hint}"
     if target:
         text += f" (correlation id: {target})"
-    return ApiError(REDACT(text), status=status, code=code, target=target)
+    return ApiError(REDACT(text), status=status, code=code, target=target,
+                    ambiguous=method != "GET" and status >= 500)
 
 
 def connection_error_message(exc: requests.RequestException, url: str) -> str:
@@ -807,21 +810,23 @@ class Transport:
         where = f"{method} {_display_path(url)} answered HTTP {response.status_code}"
         if not response.content:
             raise ApiError(f"{where} with an empty body where Microsoft documents a JSON object.",
-                           status=response.status_code, code="UnexpectedBody")
+                           status=response.status_code, code="UnexpectedBody", ambiguous=method != "GET")
         try:
             body = response.json()
         except ValueError as exc:
             kind = "an HTML page" if "html" in response.headers.get("Content-Type", "").lower() else "a body"
             raise ApiError(f"{where} with {kind} that is not JSON; a proxy or gateway may have answered instead of "
-                           "Microsoft.", status=response.status_code, code="UnexpectedBody") from exc
+                           "Microsoft.", status=response.status_code, code="UnexpectedBody",
+                           ambiguous=method != "GET") from exc
         if expect is not None and not isinstance(body, expect):
             raise ApiError(f"{where} with a JSON {type(body).__name__} where Microsoft documents a JSON object.",
-                           status=response.status_code, code="UnexpectedBody")
+                           status=response.status_code, code="UnexpectedBody", ambiguous=method != "GET")
         return body
 
     def _send(self, method: str, url: str, query: str | None, json_body: Any) -> requests.Response:
-        """429: wait as told and retry (any method: the call was not processed). 5xx and connection
-        errors: retry reads with backoff; a write that may have reached the server is not repeated.
+        """429, and 5xx with Retry-After: wait as told and retry (any method: Microsoft says the call was not
+        processed). Other 5xx and connection errors: retry reads with backoff; a write that may have reached the
+        server is not repeated, and its error is marked ambiguous so the caller can look for what it created.
         401: refresh the token once and retry."""
         attempt, waited, refreshed = 0, 0.0, False
         is_read = method == "GET"
@@ -837,14 +842,14 @@ class Transport:
                     log_debug(f"{method} {_display_path(url)}: {type(exc).__name__}, retry {attempt}")
                     self.clock.sleep(backoff_seconds(attempt))
                     continue
-                raise ApiError(connection_error_message(exc, url)) from exc
+                raise ApiError(connection_error_message(exc, url), ambiguous=not retryable) from exc
             status = response.status_code
             if status == 401 and not refreshed:
                 refreshed = True
                 self.auth.force_refresh = True
                 log_debug(f"{method} {_display_path(url)}: 401, refreshing the token once")
                 continue
-            if status == 429:
+            if status == 429 or (status in RETRYABLE_STATUSES and response.headers.get("Retry-After")):
                 delay = retry_after_seconds(response, attempt)
                 if waited + delay <= MAX_RATE_LIMIT_WAIT:
                     waited += delay
@@ -1943,6 +1948,7 @@ class ActionOutcome:
     action: dict = field(default_factory=dict)
     preexisting: bool = False
     error: str = ""
+    note: str = ""
 
     @property
     def final(self) -> bool:
@@ -1967,13 +1973,37 @@ def _created(action: dict) -> datetime:
         return datetime.min.replace(tzinfo=timezone.utc)
 
 
-def find_pending_action(client: "Client", command: ActionCommand, target: ActionTarget) -> dict | None:
-    """The newest not-yet-final action of this type on the machine (and for this file, when there is one)."""
+def find_action(client: "Client", command: ActionCommand, target: ActionTarget, *,
+                statuses: Iterable[str] = (), created_since: datetime | None = None) -> dict | None:
+    """The newest action of this type on the machine (and for this file, when there is one), optionally only in
+    the given statuses or created since a moment."""
     odata = (ODataFilter(MACHINE_ACTION_FILTER_FIELDS).eq("machineId", target.machine_id)
-             .eq("type", command.action_type).one_of("status", ("Pending", "InProgress")))
+             .eq("type", command.action_type).one_of("status", statuses)
+             .compare("creationDateTimeUtc", "ge", created_since))
     candidates = [action for action in client.list_machine_actions(odata_filter=odata.build())
                   if same_file(action, target.file_sha1)]
     return max(candidates, key=_created, default=None)
+
+
+def find_pending_action(client: "Client", command: ActionCommand, target: ActionTarget) -> dict | None:
+    return find_action(client, command, target, statuses=("Pending", "InProgress"))
+
+
+def created_despite(failure: ApiError, client: "Client", command: ActionCommand, target: ActionTarget,
+                    since: datetime) -> ActionOutcome:
+    """After a write whose outcome is unknown (timeout, dropped connection, 5xx, unreadable answer): the action it
+    may have created. Reporting a created action as failed would make an analyst request it again."""
+    try:
+        created = find_action(client, command, target, created_since=since - CLOCK_SKEW)
+    except ApiError as exc:
+        return ActionOutcome(target.machine_id, error=f"{failure} Whether Microsoft created the action could not be "
+                             f"checked ({exc}); look with !microsoft-atp-list-machine-actions-details "
+                             f"machine_id={target.machine_id} before requesting it again.")
+    if created:
+        return ActionOutcome(target.machine_id, created, note=f"The request ended with '{failure}', but Microsoft "
+                             "has the action: it was created once.")
+    return ActionOutcome(target.machine_id, error=f"{failure} No {command.action_type} action exists for the machine "
+                         "since the request, so it was not created; request it again.")
 
 
 def same_file(action: dict, sha1: str) -> bool:
@@ -1987,9 +2017,12 @@ def request_action(client: "Client", command: ActionCommand, target: ActionTarge
     request would be refused, and retrying later would queue a duplicate."""
     try:
         validate_machine_id(target.machine_id)
+        requested = client.clock.utcnow()
         try:
             return ActionOutcome(target.machine_id, create(target))
         except ApiError as exc:
+            if exc.ambiguous:
+                return created_despite(exc, client, command, target, requested)
             pending = find_pending_action(client, command, target) if is_already_pending(exc) else None
             if pending is None:
                 raise
@@ -2013,7 +2046,7 @@ def current_outcomes(client: "Client", action_ids: list[str], preexisting: set[s
 def outcome_row(outcome: ActionOutcome) -> dict:
     action = outcome.action
     file_id = (action.get("relatedFileInfo") or {}).get("fileIdentifier")
-    details = [outcome.error, f"File {file_id}" if file_id else "",
+    details = [outcome.error, outcome.note, f"File {file_id}" if file_id else "",
                "An action of this type was already pending on the machine; it was returned instead of requesting a "
                "new one." if outcome.preexisting else ""]
     return {"Machine": action.get("computerDnsName") or outcome.machine_id, "Action ID": action.get("id"),
@@ -2023,9 +2056,15 @@ def outcome_row(outcome: ActionOutcome) -> dict:
 
 def outcomes_result(command: ActionCommand, outcomes: list[ActionOutcome], readable: str,
                     scheduled: ScheduledCommand | None = None) -> CommandResult:
+    """Every target's outcome in context: Microsoft's action records, and for a machine whose request failed a
+    record with Status Failed and the Error, so a playbook can branch on each machine."""
     preexisting = {str(o.action.get("id")) for o in outcomes if o.preexisting}
     result = entity_result(command.spec, [o.action for o in outcomes if o.action], "",
                            extra=lambda action: {"PreExisting": str(action.get("id")) in preexisting})
+    failures = [{"MachineID": o.machine_id, "Type": command.action_type, "Status": "Failed", "Error": o.error,
+                 "PreExisting": False} for o in outcomes if o.error]
+    if failures:
+        result.outputs.setdefault(command.spec.context_key(), []).extend(failures)
     result.readable, result.scheduled = readable, scheduled
     return result
 
@@ -2033,11 +2072,35 @@ def outcomes_result(command: ActionCommand, outcomes: list[ActionOutcome], reada
 def next_round_args(args: dict, command: ActionCommand, outcomes: list[ActionOutcome], started: float) -> dict:
     ids = [str(o.action["id"]) for o in outcomes if o.action.get("id")]
     preexisting = [str(o.action["id"]) for o in outcomes if o.preexisting and o.action.get("id")]
+    failed = [[o.machine_id, o.error] for o in outcomes if o.error and not o.action]
     next_args = {**args, command.ids_arg: ",".join(ids), "polling_started": str(int(started))}
     next_args.pop("preexisting_action_ids", None)
     if preexisting:
         next_args["preexisting_action_ids"] = ",".join(preexisting)
+    if failed:  # machines whose request failed stay in every later round's report
+        next_args["failed_requests"] = json.dumps(failed)
     return next_args
+
+
+def failed_requests_arg(args: dict) -> list[ActionOutcome]:
+    """The machines whose request failed in the first round (carried between polling rounds)."""
+    try:
+        return [ActionOutcome(str(machine), error=str(error)) for machine, error in json.loads(
+            args.get("failed_requests") or "[]")]
+    except (TypeError, ValueError):
+        raise ArgumentError("failed_requests is set by the integration between polling rounds; leave it empty "
+                            f"(got '{args.get('failed_requests')}').") from None
+
+
+def partial_failure_warning(command: ActionCommand, outcomes: list[ActionOutcome]) -> dict | None:
+    """A warning entry when some targets failed and others did not: the task still succeeds (playbooks keep their
+    semantics) and the platform and the CLI can tell that not everything worked."""
+    failed = [outcome for outcome in outcomes if outcome.error]
+    if not failed or len(failed) == len(outcomes):
+        return None
+    lines = "\n".join(f"- {outcome.machine_id or 'unknown machine'}: {outcome.error}" for outcome in failed)
+    return {"Type": 11, "ContentsFormat": "text",
+            "Contents": f"{command.action_type} failed for {len(failed)} of {len(outcomes)} machines:\n{lines}"}
 
 
 def run_machine_action(client: "Client", args: dict, command: ActionCommand, targets: list[ActionTarget],
@@ -2056,6 +2119,7 @@ def run_machine_action(client: "Client", args: dict, command: ActionCommand, tar
     if action_ids:
         started = float(arg_to_int(args.get("polling_started"), "polling_started", default=int(now)))
         outcomes = current_outcomes(client, action_ids, set(arg_to_list(args.get("preexisting_action_ids"))))
+        outcomes += failed_requests_arg(args)
         title = "Machine action results"
     else:
         started = now
@@ -2079,7 +2143,9 @@ def run_machine_action(client: "Client", args: dict, command: ActionCommand, tar
         table += (f"\n\n{reason}; still pending: {waiting}. Check later with "
                   f"!microsoft-atp-list-machine-actions-details id={ids}")
     result = outcomes_result(command, outcomes, table)
-    return on_done(client, outcomes, result) if on_done and not pending else result
+    entries = on_done(client, outcomes, result) if on_done and not pending else [result]
+    warning = partial_failure_warning(command, outcomes)
+    return [*entries, warning] if warning else (entries[0] if len(entries) == 1 else entries)
 
 
 def machine_targets(args: dict) -> list[ActionTarget]:

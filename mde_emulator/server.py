@@ -43,6 +43,9 @@ log = logging.getLogger("mde_emulator")
 
 ACTION_OUTCOMES = ("Succeeded", "Failed", "TimeOut")
 TOKEN_KINDS = ("client_credentials", "authorization_code", "refresh_token", "oproxy", "managed_identity")
+GARBLE_KINDS = ("html", "malformed", "empty")
+GARBLED_BODIES = {"html": (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
+                  "malformed": (b'{"id": "', "application/json"), "empty": (b"", "application/json")}
 API_ERROR_CODES = {500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout"}
 ROUTE_MODULES = (identity, api_machines, api_actions, api_alerts, api_tvm)
 
@@ -91,6 +94,8 @@ class Faults:
     latency_ms: int = 0
     token_lifetime: int = 3600
     drop_connections: int = 0
+    drop_after_write: int = 0  # process the next N API writes, then drop the connection without an answer
+    garbled_success: dict | None = None  # {"count": N, "kind": "html" | "malformed" | "empty"}: N successes garbled
     action_outcome: str = "Succeeded"
     action_delay: float = 2.0
 
@@ -112,7 +117,12 @@ class Faults:
                     raise ValueError("error_burst must be {\"status\": 4xx/5xx, \"count\": N, \"families\": [...]}")
                 value = {"status": value["status"], "count": int(value.get("count", 1)),
                          "families": value.get("families")}
-            if name in ("latency_ms", "drop_connections") and (not isinstance(value, int) or value < 0):
+            if name == "garbled_success" and value is not None and (
+                    not isinstance(value, dict) or value.get("kind") not in GARBLE_KINDS
+                    or not isinstance(value.get("count", 1), int)):
+                raise ValueError(f"garbled_success must be {{\"count\": N, \"kind\": one of {', '.join(GARBLE_KINDS)}}}")
+            if name in ("latency_ms", "drop_connections", "drop_after_write") and (
+                    not isinstance(value, int) or value < 0):
                 raise ValueError(f"{name} must be a non-negative integer")
             if name == "rate_limit_window_seconds" and (
                     isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0):
@@ -224,8 +234,32 @@ class Emulator:
         except Exception:  # a bug in the emulator: answer like the service would, and log it
             log.exception("internal error on %s %s", request.method, request.path)
             response = ApiError(500, "InternalServerError", "An unexpected error occurred.").response()
+        if is_api and request.method != "GET" and response.status < 300 and self._take_count("drop_after_write"):
+            self.counters.add("responses", "dropped after processing")
+            return None
+        garble = self._take_garble() if is_api and response.status < 300 else None
+        if garble:
+            body, content_type = GARBLED_BODIES[garble]
+            response = Response(response.status, body, {**response.headers, "Content-Type": content_type})
         self.counters.add("responses", str(response.status))
         return response
+
+    def _take_count(self, name: str) -> bool:
+        with self.faults_lock:
+            if getattr(self.faults, name) > 0:
+                setattr(self.faults, name, getattr(self.faults, name) - 1)
+                return True
+            return False
+
+    def _take_garble(self) -> str | None:
+        with self.faults_lock:
+            garble = self.faults.garbled_success
+            if not garble or garble.get("count", 1) <= 0:
+                return None
+            garble["count"] = garble.get("count", 1) - 1
+            if garble["count"] <= 0:
+                self.faults.garbled_success = None
+            return garble["kind"]
 
     def _handle(self, route: Route, request: Request, is_api: bool) -> Response:
         if not is_api:
@@ -292,11 +326,7 @@ class Emulator:
                                                  f"'{request.path}'.").response()
 
     def _take_drop(self) -> bool:
-        with self.faults_lock:
-            if self.faults.drop_connections > 0:
-                self.faults.drop_connections -= 1
-                return True
-            return False
+        return self._take_count("drop_connections")
 
     def _take_burst(self, family: str) -> dict | None:
         with self.faults_lock:

@@ -3,10 +3,12 @@ final status with scheduled commands, investigation packages, listing and cancel
 
 from __future__ import annotations
 
+import json
 import os
 import re
 
 import pytest
+import requests
 from conftest import API, mock_entra
 from test_machines import MID, MID2, SHA1, SHA1_B, api_calls, path, query
 
@@ -149,11 +151,15 @@ def test_without_polling_the_actions_are_returned_at_once(xsoar, requests_mock):
 def test_a_polled_action_that_disappeared_is_reported(xsoar, requests_mock):
     status_poll(requests_mock, action(A1, status="Succeeded"))
 
-    entry = xsoar.run(ISOLATE, args={"machine_id": MID, "comment": "c", "isolation_type": "Full",
-                                     "action_ids": f"{A1},{A3}"}).entry
+    run = xsoar.run(ISOLATE, args={"machine_id": MID, "comment": "c", "isolation_type": "Full",
+                                   "action_ids": f"{A1},{A3}"})
+    entry, warning = run.results
 
-    assert entry["EntryContext"] == {ACTION_KEY: [action_context(status="Succeeded")]}
+    assert entry["EntryContext"] == {ACTION_KEY: [action_context(status="Succeeded"), {
+        "MachineID": "", "Type": "Isolate", "Status": "Failed", "Error": f"Machine action {A3} was not found.",
+        "PreExisting": False}]}
     assert f"Machine action {A3} was not found." in entry["HumanReadable"]
+    assert warning["Type"] == 11 and "failed for 1 of 2 machines" in warning["Contents"]
 
 
 def test_polling_fails_when_no_polled_action_exists(xsoar, requests_mock):
@@ -224,11 +230,47 @@ def test_other_bad_requests_are_not_taken_for_pending_actions(xsoar, requests_mo
 
 def test_a_failed_post_is_never_repeated(xsoar, requests_mock):
     post = requests_mock.post(f"{API}/machines/{MID}/isolate", status_code=503, text="unavailable")
+    lookup = status_poll(requests_mock)
 
     error = xsoar.run(ISOLATE, args={"machine_id": MID, "comment": "c", "isolation_type": "Full"}).error
 
     assert post.call_count == 1
-    assert "HTTP 503" in error
+    assert "HTTP 503" in error and "it was retried" not in error
+    assert "No Isolate action exists for the machine since the request, so it was not created" in error
+    assert "creationDateTimeUtc ge" in lookup.last_request.qs["$filter"][0].replace("datetimeutc", "DateTimeUtc")
+
+
+@pytest.mark.parametrize("failure", [
+    {"exc": requests.exceptions.ConnectionError("connection dropped after sending")},
+    {"exc": requests.exceptions.ReadTimeout("no answer in time")},
+    {"status_code": 502, "text": "bad gateway"},
+    {"status_code": 201, "text": "<html>proxy</html>", "headers": {"Content-Type": "text/html"}},
+    {"status_code": 201, "text": ""},
+])
+def test_an_ambiguous_write_reports_the_action_microsoft_created_and_never_repeats_it(xsoar, requests_mock, failure):
+    post = requests_mock.post(f"{API}/machines/{MID}/isolate", **failure)
+    status_poll(requests_mock, action(A1))
+
+    entry = xsoar.run(ISOLATE, args={"machine_id": MID, "comment": "c", "isolation_type": "Full",
+                                     "polling": "false"}).entry
+
+    assert post.call_count == 1
+    assert entry["EntryContext"] == {ACTION_KEY: [action_context()]}
+    assert "it was created once" in entry["HumanReadable"]
+
+
+def test_a_503_with_retry_after_was_not_processed_so_the_write_is_sent_again(xsoar, requests_mock):
+    post = requests_mock.post(f"{API}/machines/{MID}/isolate", [
+        {"status_code": 503, "headers": {"Retry-After": "5"}, "text": "busy"},
+        {"status_code": 503, "headers": {"Retry-After": "5"}, "text": "busy"},
+        {"status_code": 503, "headers": {"Retry-After": "5"}, "text": "busy"},
+        {"status_code": 201, "json": action(A1)}])
+
+    entry = xsoar.run(ISOLATE, args={"machine_id": MID, "comment": "c", "isolation_type": "Full",
+                                     "polling": "false"}).entry
+
+    assert post.call_count == 4 and xsoar.sleeps == [5.0, 5.0, 5.0]
+    assert entry["EntryContext"] == {ACTION_KEY: [action_context()]}
 
 
 # ---- several machines: partial failure ----------------------------------------------------------
@@ -240,12 +282,19 @@ def test_a_failure_on_one_machine_does_not_stop_the_others(xsoar, requests_mock)
     scan = requests_mock.post(f"{API}/machines/{MID2}/runAntiVirusScan", status_code=201,
                               json=action(A2, MID2, "RunAntiVirusScan", scope="Quick"))
 
-    entry = xsoar.run("microsoft-atp-run-antivirus-scan", args={
-        "machine_id": f"{MID},{MID2}", "comment": "scan", "scan_type": "quick"}).entry
+    run = xsoar.run("microsoft-atp-run-antivirus-scan", args={
+        "machine_id": f"{MID},{MID2}", "comment": "scan", "scan_type": "quick"})
+    entry = run.results[0]
 
     assert scan.last_request.json() == {"Comment": "scan", "ScanType": "Quick"}
-    assert entry["EntryContext"] == {ACTION_KEY: [action_context(A2, MID2, "RunAntiVirusScan", Scope="Quick")]}
+    failure = {"MachineID": MID, "Type": "RunAntiVirusScan", "Status": "Failed", "PreExisting": False,
+               "Error": f"POST /machines/{MID}/runAntiVirusScan failed with HTTP 400 ClientVersionNotSupported: "
+                        "Sensor too old. Check the command arguments."}
+    assert entry["EntryContext"] == {ACTION_KEY: [action_context(A2, MID2, "RunAntiVirusScan", Scope="Quick"),
+                                                  failure]}
     assert entry["PollingArgs"]["action_ids"] == A2
+    assert json.loads(entry["PollingArgs"]["failed_requests"]) == [[MID, failure["Error"]]]
+    assert len(run.results) == 1  # the warning comes with the final round
     assert f"|{MID}|||Request failed|no|POST /machines/{MID}/runAntiVirusScan failed with HTTP 400 " \
            "ClientVersionNotSupported: Sensor too old" in entry["HumanReadable"]
 
@@ -557,3 +606,24 @@ def test_cancel_machine_action_reports_a_final_action(xsoar, requests_mock):
 def test_cancel_machine_action_validates(xsoar, requests_mock, args, message):
     assert message in xsoar.run("microsoft-atp-cancel-machine-action", args=args).error
     assert requests_mock.call_count == 0
+
+
+def test_a_machine_that_failed_in_the_first_round_stays_in_the_final_report(xsoar, requests_mock, frozen_clock):
+    requests_mock.post(f"{API}/machines/{MID}/isolate", status_code=404,
+                       json={"error": {"code": "ResourceNotFound", "message": "Machine was not found"}})
+    requests_mock.post(f"{API}/machines/{MID2}/isolate", status_code=201, json=action(A2, MID2))
+    args = {"machine_id": f"{MID},{MID2},not-a-machine", "comment": "c", "isolation_type": "Full"}
+    first = xsoar.run(ISOLATE, args=args).results[0]
+
+    status_poll(requests_mock, action(A2, MID2, status="Succeeded"))
+    frozen_clock.advance(10)
+    final = xsoar.run(ISOLATE, args=first["PollingArgs"])
+    entry, warning = final.results
+
+    assert "PollingCommand" not in entry
+    outcomes = {row.get("MachineID"): row for row in entry["EntryContext"][ACTION_KEY]}
+    assert outcomes[MID2]["Status"] == "Succeeded"
+    assert outcomes[MID]["Status"] == "Failed" and "HTTP 404" in outcomes[MID]["Error"]
+    assert outcomes["not-a-machine"]["Status"] == "Failed" and "machine_id must be" in outcomes["not-a-machine"]["Error"]
+    assert all(machine in entry["HumanReadable"] for machine in (MID, "not-a-machine"))
+    assert warning["Type"] == 11 and "failed for 2 of 3 machines" in warning["Contents"]
