@@ -2750,7 +2750,7 @@ RECOMMENDATION_FILTER_FIELDS = ("id", "productName", "vendor", "recommendedVersi
                                 "subCategory", "severityScore", "remediationType", "recommendedProgram",
                                 "recommendedVendor", "status")
 REMEDIATION_FILTER_FIELDS = ("createdOn", "status")
-_ID_PART = r"[A-Za-z0-9][A-Za-z0-9_.+!~-]*"
+_ID_PART = r"[A-Za-z0-9_.+!~-]+"  # e.g. microsoft-_-.net_framework, notepad-plus-plus-_-notepad++
 SOFTWARE_ID = re.compile(rf"^({_ID_PART})-_-({_ID_PART})$")
 CVE_ID = re.compile(r"^CVE-\d{4}-\d{4,}$", re.IGNORECASE)
 RECOMMENDATION_ID = re.compile(rf"^(va|sca)-_-{_ID_PART}(-_-{_ID_PART})*$", re.IGNORECASE)

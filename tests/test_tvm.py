@@ -122,15 +122,16 @@ def test_list_software_defaults_to_50_and_keeps_microsofts_names(xsoar, requests
 def test_list_software_filters_and_pages(xsoar, requests_mock):
     route = requests_mock.get(f"{API}/Software", json={"value": []})
 
-    xsoar.run("microsoft-atp-list-software", args={"id": "microsoft-_-edge,Google-_-Chrome", "name": "edge",
+    xsoar.run("microsoft-atp-list-software", args={"id": "microsoft-_-.net_framework,Google-_-Chrome", "name": "edge",
                                                    "vendor": "o'reilly,microsoft", "limit": "10", "page": "3"})
 
     assert query(route.last_request) == {
-        "$filter": ["id in ('microsoft-_-edge', 'google-_-chrome') and name eq 'edge' and "
+        "$filter": ["id in ('microsoft-_-.net_framework', 'google-_-chrome') and name eq 'edge' and "
                     "vendor in ('o''reilly', 'microsoft')"], "$top": ["10"], "$skip": ["20"]}
 
 
-@pytest.mark.parametrize("bad", ["edge", "microsoft-_-", "../x-_-y", "a-_-b/c", "a-_-b?x=1", "a-_-b c"])
+@pytest.mark.parametrize("bad", ["edge", "microsoft-_-", "../x-_-y", "a-_-b/c", "a-_-b?x=1", "a-_-b c", "a-_-b%2F",
+                                 "a'-_-b"])
 def test_software_ids_are_validated_before_any_call(xsoar, requests_mock, bad):
     run = xsoar.run("microsoft-atp-list-software-version-distribution", args={"id": bad})
     assert "id must be a software ID in the form vendor-_-product" in run.error
