@@ -2705,8 +2705,710 @@ class HuntingApi:
 # ============================================================================================
 
 
+TI_ROLES = ("Ti.ReadWrite", "Ti.ReadWrite.All")
+INDICATOR_TYPES = ("FileSha1", "FileSha256", "FileMd5", "IpAddress", "DomainName", "Url", "CertificateThumbprint")
+INDICATOR_ACTIONS = ("Audit", "Block", "BlockAndRemediate", "Allowed", "Warn")
+INDICATOR_SEVERITIES = ("Informational", "Low", "Medium", "High")
+HASH_TYPES = {"FileSha1": (40, "SHA-1 hash"), "FileSha256": (64, "SHA-256 hash"), "FileMd5": (32, "MD5 hash"),
+              "CertificateThumbprint": (40, "certificate thumbprint (SHA-1)")}
+NETWORK_TYPES = ("IpAddress", "DomainName", "Url")
+# Actions Microsoft accepts only for some types; Audit also needs generateAlert.
+INDICATOR_ACTION_TYPES = {"Warn": ("Url", "DomainName"), "BlockAndRemediate": tuple(HASH_TYPES)}
+INDICATOR_FILTER_FIELDS = ("application", "createdByDisplayName", "expirationTime", "generateAlert", "title",
+                           "rbacGroupNames", "rbacGroupIds", "indicatorValue", "indicatorType",
+                           "creationTimeDateTimeUtc", "createdBy", "action", "severity")
+INDICATOR_ITEM_FIELDS = ("indicatorValue", "indicatorType", "action", "title", "description", "expirationTime",
+                         "severity", "application", "recommendedActions", "rbacGroupNames", "generateAlert",
+                         "educateUrl", "externalID")
+INDICATOR_ID = re.compile(r"^\d{1,19}$")
+IMPORT_BATCH_SIZE = 500  # Microsoft's limit per import and per BatchDelete call
+IMPORT_CALLS_PER_MINUTE = 30
+MAX_ACTIVE_INDICATORS = 15_000
+CAP_REFUSAL = re.compile(r"15,?000|maximum number of active indicators", re.IGNORECASE)
+OWN_INDICATORS_NOTE = ("An application granted Ti.ReadWrite but not Ti.ReadWrite.All sees only the indicators it "
+                       "created.")
+# The score an indicator's action implies for the value: allowed is good, detect-only is suspicious, blocking is bad.
+ACTION_SCORES = {"Allowed": 1, "Audit": 2, "Alert": 2, "Warn": 2, "Block": 3, "BlockAndRemediate": 3,
+                 "AlertAndBlock": 3}
+FILE_CONTEXT_KEY = ("File(val.MD5 && val.MD5 == obj.MD5 || val.SHA1 && val.SHA1 == obj.SHA1 || "
+                    "val.SHA256 && val.SHA256 == obj.SHA256 || val.SHA512 && val.SHA512 == obj.SHA512)")
+# Indicator type -> (standard context key, its field, DBotScore type)
+STANDARD_CONTEXTS = {
+    "FileSha1": (FILE_CONTEXT_KEY, "SHA1", "file"), "FileSha256": (FILE_CONTEXT_KEY, "SHA256", "file"),
+    "FileMd5": (FILE_CONTEXT_KEY, "MD5", "file"), "IpAddress": ("IP(val.Address && val.Address == obj.Address)",
+                                                               "Address", "ip"),
+    "DomainName": ("Domain(val.Name && val.Name == obj.Name)", "Name", "domain"),
+    "Url": ("URL(val.Data && val.Data == obj.Data)", "Data", "url"),
+}
+DBOT_SCORE_KEY = ("DBotScore(val.Indicator && val.Indicator == obj.Indicator && val.Vendor == obj.Vendor && "
+                  "val.Type == obj.Type)")
+
+INDICATOR = EntitySpec({name: name for name in (
+    "id", "indicatorValue", "indicatorType", "action", "severity", "title", "description", "expirationTime",
+    "recommendedActions", "generateAlert", "rbacGroupNames", "rbacGroupIds", "mitreTechniques", "lastUpdateTime",
+    "createdByDisplayName", "application", "createdBySource", "historicalDetection", "lastUpdatedBy",
+    "creationTimeDateTimeUtc", "category", "createdBy", "educateUrl", "sourceType", "externalID")},
+    path="Indicators", key=("id",), headers=("id", "indicatorValue", "indicatorType", "action", "severity", "title",
+                                             "expirationTime"))
+IMPORT_OUTCOME = EntitySpec({"id": "ID", "indicator": "Value", "isFailed": "IsFailed",
+                             "failureReason": "FailureReason", "outcome": "Outcome"},
+                            path="Indicators", key=("ID",), headers=("Value", "Outcome", "ID", "FailureReason"))
+
+
 class IndicatorsApi:
     """Defender API calls of the indicators (the Defender Indicators API) area (mixed into Client)."""
+
+    def list_indicators(self, *, odata_filter: str | None = None, limit: int | None = None, offset: int = 0,
+                        page_size: int = MAX_PAGE_SIZE) -> Iterator[dict]:
+        params = {"$filter": odata_filter} if odata_filter else {}
+        return self.paginate("indicators", params, limit=limit, offset=offset, page_size=page_size)
+
+    def get_indicator(self, indicator_id: str) -> dict:
+        return self.request("GET", f"indicators/{segment(indicator_id, 'indicator_id')}") or {}
+
+    def submit_indicator(self, indicator: dict) -> dict:
+        return self.request("POST", "indicators", json_body=indicator) or {}
+
+    def import_indicators(self, indicators: list[dict]) -> list[dict]:
+        return (self.request("POST", "indicators/import", json_body={"Indicators": indicators}) or {}).get(
+            "value") or []
+
+    def delete_indicator(self, indicator_id: str) -> None:
+        self.request("DELETE", f"indicators/{segment(indicator_id, 'indicator_id')}", expect=None)
+
+    def batch_delete_indicators(self, indicator_ids: list[str]) -> None:
+        self.request("POST", "indicators/BatchDelete", json_body={"IndicatorIds": indicator_ids}, expect=None)
+
+
+# ---- indicators: checking values before any call ----------------------------------------------
+
+
+def validate_indicator_id(value: Any, name: str = "indicator_id") -> str:
+    text = str(value or "").strip()
+    if not INDICATOR_ID.match(text):
+        raise ArgumentError(f"{name} must be a numeric indicator ID such as 995 (got '{value}'). Find IDs with "
+                            "!microsoft-atp-sc-indicator-list.")
+    return text
+
+
+def indicator_key(kind: str, value: str) -> tuple[str, str]:
+    """What Microsoft treats as the same indicator: hashes and domains compare case-insensitively."""
+    return kind, value if kind == "Url" else value.lower()
+
+
+def validate_url(value: str, name: str) -> str:
+    """An http(s) URL, or a host with a path, whose host is a domain name or an IP address."""
+    text = value.strip()
+    try:
+        parts = urlparse(text if "://" in text else f"http://{text}")
+        host = parts.hostname or ""
+    except ValueError:
+        host, parts = "", None
+    if parts is None or parts.scheme.lower() not in ("http", "https") or not host or any(c.isspace() for c in text):
+        raise ArgumentError(f"{name} must be a URL such as https://contoso.com/path (got '{value}').")
+    try:
+        ipaddress.ip_address(host)
+    except ValueError:
+        validate_domain(host, name)
+    return text
+
+
+def validate_indicator_value(kind: str, value: str, name: str) -> str:
+    """The value checked for its indicator type, as Microsoft would check it; errors name the argument."""
+    text = str(value).strip()
+    if kind in HASH_TYPES:
+        length, label = HASH_TYPES[kind]
+        if len(text) != length or not re.fullmatch(r"[0-9a-fA-F]+", text):
+            raise ArgumentError(f"{name} must be a {label} of {length} hexadecimal characters for indicator type "
+                                f"{kind} (got '{value}').")
+        return text.lower()
+    if kind == "IpAddress":
+        if "/" in text:
+            raise ArgumentError(f"{name} must be a single IP address: the Indicators API has no CIDR blocks "
+                                f"(got '{value}').")
+        if "%" in text:
+            raise ArgumentError(f"{name} must be an IP address without a zone ID (got '{value}').")
+        return validate_ip(text, name)
+    if kind == "DomainName":
+        return validate_domain(text, name).rstrip(".")
+    return validate_url(text, name)
+
+
+def future_time(value: Any, name: str, now: datetime) -> datetime:
+    """An expiration: a relative time counted forward from now ('14 days') or an ISO 8601 time in the future."""
+    text = str(value).strip()
+    match = RELATIVE_TIME.match(text)
+    if match and "ago" not in text.lower():
+        when = now + timedelta(seconds=int(match.group(1)) * UNIT_SECONDS[match.group(2).lower()])
+    else:
+        when = arg_to_datetime(text, name, now=now)
+    if when is None or when <= now:
+        raise ArgumentError(f"{name} must be in the future, e.g. '14 days' or an ISO 8601 time after "
+                            f"{format_datetime(now)} (got '{value}').")
+    return when
+
+
+@dataclass(frozen=True)
+class IndicatorNames:
+    """What the user calls each Indicators API field, so errors name the argument (or batch field) to fix."""
+
+    value: str = "indicatorValue"
+    type: str = "indicatorType"
+    action: str = "action"
+    severity: str = "severity"
+    expiration: str = "expirationTime"
+    generate_alert: str = "generateAlert"
+    educate_url: str = "educateUrl"
+    title: str = "title"
+    description: str = "description"
+
+
+SC_ARGUMENT_NAMES = IndicatorNames("indicator_value", "indicator_type", "action", "severity", "expiration_time",
+                                   "generate_alert", "educate_url", "indicator_title", "indicator_description")
+
+
+def checked_indicator(fields: dict, names: IndicatorNames, now: datetime) -> dict:
+    """A submit body in Microsoft's field names, every value checked; Microsoft's action/type rules applied."""
+    kind = arg_choice(fields.get("indicatorType"), names.type, INDICATOR_TYPES)
+    action = arg_choice(fields.get("action"), names.action, INDICATOR_ACTIONS)
+    for field_name, shown in (("indicatorValue", names.value), ("title", names.title),
+                              ("description", names.description)):
+        if not str(fields.get(field_name) or "").strip():
+            raise ArgumentError(f"{shown} is required.")
+    if kind is None or action is None:
+        raise ArgumentError(f"{names.type if kind is None else names.action} is required.")
+    body = {"indicatorValue": validate_indicator_value(kind, fields["indicatorValue"], names.value),
+            "indicatorType": kind, "action": action, "title": str(fields["title"]).strip(),
+            "description": str(fields["description"]).strip()}
+    if action in INDICATOR_ACTION_TYPES and kind not in INDICATOR_ACTION_TYPES[action]:
+        raise ArgumentError(f"{names.action}={action} applies only to indicator types "
+                            f"{', '.join(INDICATOR_ACTION_TYPES[action])}; {kind} indicators take "
+                            f"{', '.join(a for a in INDICATOR_ACTIONS if kind in INDICATOR_ACTION_TYPES.get(a, (kind,)))}.")
+    generate_alert = arg_to_bool(fields.get("generateAlert"), names.generate_alert, default=action == "Audit")
+    if action == "Audit" and not generate_alert:
+        raise ArgumentError(f"{names.generate_alert} must be true for {names.action}=Audit: an Audit indicator "
+                            "only raises alerts.")
+    body["generateAlert"] = generate_alert
+    if fields.get("expirationTime") not in (None, ""):
+        body["expirationTime"] = format_datetime(future_time(fields["expirationTime"], names.expiration, now))
+    severity = arg_choice(fields.get("severity"), names.severity, INDICATOR_SEVERITIES)
+    if severity:
+        body["severity"] = severity
+    educate_url = str(fields.get("educateUrl") or "").strip()
+    if educate_url:
+        if kind not in NETWORK_TYPES or action not in ("Block", "Warn"):
+            raise ArgumentError(f"{names.educate_url} applies only to Block or Warn on IpAddress, DomainName or "
+                                "Url indicators.")
+        body["educateUrl"] = validate_url(educate_url, names.educate_url)
+    for field_name in ("application", "recommendedActions", "externalID"):
+        if str(fields.get(field_name) or "").strip():
+            body[field_name] = str(fields[field_name]).strip()
+    groups = arg_to_list(fields.get("rbacGroupNames"))
+    if groups:
+        body["rbacGroupNames"] = groups
+    return body
+
+
+# ---- indicators: results ------------------------------------------------------------------------
+
+
+def indicator_standard_context(indicators: list[dict], *, scored: bool) -> dict:
+    """The standard File/IP/Domain/URL context for each indicator's value, and (when scored) the DBotScore its
+    action implies, as XSOAR's reputation conventions expect."""
+    outputs: dict[str, list[dict]] = {}
+    for indicator in indicators:
+        kind, value = indicator.get("indicatorType"), indicator.get("indicatorValue")
+        if kind not in STANDARD_CONTEXTS or not value:
+            continue
+        key, field_name, score_type = STANDARD_CONTEXTS[kind]
+        outputs.setdefault(key, []).append({field_name: value})
+        if scored and indicator.get("action") in ACTION_SCORES:
+            outputs.setdefault(DBOT_SCORE_KEY, []).append({
+                "Indicator": value, "Type": score_type, "Vendor": VENDOR,
+                "Score": ACTION_SCORES[indicator["action"]]})
+    return outputs
+
+
+def indicators_result(indicators: list[dict], title: str, *, empty_note: str = "") -> CommandResult:
+    result = entity_result(INDICATOR, indicators, title)
+    result.outputs.update(indicator_standard_context(indicators, scored=True))
+    if not indicators and empty_note:
+        result.readable += f"\n\n{empty_note}"
+    return result
+
+
+def existing_indicator(client: "Client", kind: str, value: str) -> dict | None:
+    odata = ODataFilter(INDICATOR_FILTER_FIELDS).eq("indicatorValue", value).eq("indicatorType", kind).build()
+    return next(iter(client.list_indicators(odata_filter=odata, limit=1)), None)
+
+
+def active_indicator_count(client: "Client", now: datetime) -> int:
+    """Indicators this application can see that have not expired (what counts against the 15,000 cap)."""
+    odata = ODataFilter(INDICATOR_FILTER_FIELDS).any_of(
+        ODataFilter().compare("expirationTime", "gt", now), ODataFilter().verbatim("expirationTime eq null")).build()
+    return sum(1 for _ in client.list_indicators(odata_filter=odata))
+
+
+def cap_refusal_message(client: "Client", now: datetime) -> str:
+    return (f"Microsoft refused to create the indicator: a tenant holds at most {MAX_ACTIVE_INDICATORS:,} active "
+            f"indicators, and {active_indicator_count(client, now):,} active indicators are visible to this "
+            "application. Delete indicators (!microsoft-atp-sc-indicator-delete) or let some expire, then try again.")
+
+
+def submit_indicator(client: "Client", body: dict) -> tuple[dict, bool]:
+    """Microsoft's submit-or-update; returns the indicator and whether it was created (it did not exist)."""
+    existed = existing_indicator(client, body["indicatorType"], body["indicatorValue"]) is not None
+    try:
+        return client.submit_indicator(body), not existed
+    except ApiError as exc:
+        if exc.status == 400 and not existed and CAP_REFUSAL.search(str(exc)):
+            raise IntegrationError(cap_refusal_message(client, client.clock.utcnow())) from exc
+        raise
+
+
+# ---- indicators: sc commands --------------------------------------------------------------------
+
+
+def indicator_from_args(args: dict) -> dict:
+    return {"indicatorValue": args.get("indicator_value"), "indicatorType": args.get("indicator_type"),
+            "action": args.get("action"), "severity": args.get("severity"),
+            "expirationTime": args.get("expiration_time") or "14 days", "title": args.get("indicator_title"),
+            "description": args.get("indicator_description"), "application": args.get("indicator_application"),
+            "recommendedActions": args.get("recommended_actions"), "rbacGroupNames": args.get("rbac_group_names"),
+            "generateAlert": args.get("generate_alert"), "educateUrl": args.get("educate_url")}
+
+
+def submit_indicator_command(client: "Client", args: dict) -> CommandResult:
+    body = checked_indicator(indicator_from_args(args), SC_ARGUMENT_NAMES, client.clock.utcnow())
+    indicator, created = submit_indicator(client, body)
+    verb = "created" if created else "updated (an indicator with this type and value existed)"
+    return indicators_result([indicator], f"Indicator {indicator.get('id', '')} {verb}")
+
+
+@command("microsoft-atp-sc-indicator-create", TI_ROLES)
+def sc_create_indicator_command(client: "Client", args: dict) -> CommandResult:
+    return submit_indicator_command(client, args)
+
+
+@command("microsoft-atp-sc-indicator-update", TI_ROLES)
+def sc_update_indicator_command(client: "Client", args: dict) -> CommandResult:
+    return submit_indicator_command(client, args)
+
+
+@command("microsoft-atp-sc-indicator-list", TI_ROLES)
+def sc_list_indicators_command(client: "Client", args: dict) -> CommandResult:
+    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=0)
+    skip = arg_to_int(args.get("skip"), "skip", default=0, minimum=0)
+    kind = arg_choice(args.get("indicator_type"), "indicator_type", INDICATOR_TYPES)
+    odata = (ODataFilter(INDICATOR_FILTER_FIELDS).eq("indicatorValue", str(args.get("indicator_value") or "").strip())
+             .eq("title", str(args.get("indicator_title") or "").strip()).eq("indicatorType", kind).build())
+    indicators = list(client.list_indicators(odata_filter=odata, limit=limit or None, offset=int(skip)))
+    return indicators_result(indicators, "Indicators", empty_note=OWN_INDICATORS_NOTE)
+
+
+@command("microsoft-atp-sc-indicator-get-by-id", TI_ROLES)
+def sc_get_indicator_command(client: "Client", args: dict) -> CommandResult:
+    indicator = client.get_indicator(validate_indicator_id(args.get("indicator_id")))
+    return indicators_result([indicator], f"Indicator {indicator.get('id', '')}")
+
+
+def delete_indicators(client: "Client", indicator_ids: list[str]) -> tuple[list[str], Failures]:
+    """One ID: DELETE it. Several: BatchDelete in chunks of 500; Microsoft deletes none of a chunk when any ID is
+    missing (404), so then the chunk is narrowed to the IDs that exist and sent again."""
+    if len(indicator_ids) == 1:
+        try:
+            client.delete_indicator(indicator_ids[0])
+        except ApiError as exc:
+            return [], [(indicator_ids[0], str(exc))]
+        return indicator_ids, []
+    deleted: list[str] = []
+    failed: Failures = []
+    known: set[str] | None = None
+    for start in range(0, len(indicator_ids), IMPORT_BATCH_SIZE):
+        chunk = indicator_ids[start:start + IMPORT_BATCH_SIZE]
+        try:
+            client.batch_delete_indicators(chunk)
+        except ApiError as exc:
+            if exc.status != 404:
+                failed += [(i, str(exc)) for i in chunk]
+                continue
+            known = known if known is not None else {str(i.get("id")) for i in client.list_indicators()}
+            failed += [(i, "No such indicator (or it was created by another application and this one lacks "
+                           "Ti.ReadWrite.All).") for i in chunk if i not in known]
+            chunk = [i for i in chunk if i in known]
+            if not chunk:
+                continue
+            try:
+                client.batch_delete_indicators(chunk)
+            except ApiError as retry_exc:
+                failed += [(i, str(retry_exc)) for i in chunk]
+                continue
+        deleted += chunk
+    return deleted, failed
+
+
+@command("microsoft-atp-sc-indicator-delete", TI_ROLES)
+def sc_delete_indicator_command(client: "Client", args: dict) -> CommandResult:
+    ids, failed = [], []
+    for value in arg_to_list(args.get("indicator_id")):
+        try:
+            ids.append(validate_indicator_id(value))
+        except ArgumentError as exc:
+            failed.append((value, str(exc)))
+    if not ids and not failed:
+        raise ArgumentError("indicator_id is required.")
+    deleted, not_deleted = delete_indicators(client, list(dict.fromkeys(ids))) if ids else ([], [])
+    failed += not_deleted
+    if not deleted:
+        raise IntegrationError("No indicator was deleted:\n" + "\n".join(f"- {i}: {e}" for i, e in failed))
+    readable = markdown_table("Deleted indicators", [{"ID": i} for i in deleted]) + failures_readable(
+        failed, "Indicator ID")
+    return CommandResult(readable, raw={"deleted": deleted, "failed": [{"id": i, "error": e} for i, e in failed]})
+
+
+# ---- indicators: batch import ---------------------------------------------------------------------
+
+
+def batch_items(value: Any) -> list:
+    """indicator_batch as a list: a list already, JSON text, or the entry ID (locally: the path) of a JSON file."""
+    if isinstance(value, list):
+        return value
+    text = str(value or "").strip()
+    if not text:
+        raise ArgumentError("indicator_batch is required: a JSON list of indicators or a file entry ID.")
+    if not text.startswith(("[", "{")):
+        try:
+            path = demisto.getFilePath(text)["path"]
+            with open(path, encoding="utf-8-sig") as handle:
+                text = handle.read()
+        except Exception as exc:  # the platform raises its own error types for unknown entries
+            raise ArgumentError(f"indicator_batch: '{value}' is neither a JSON list nor a readable file entry "
+                                f"({exc}).") from None
+    try:
+        items = json.loads(text)
+    except ValueError as exc:
+        raise ArgumentError(f"indicator_batch is not valid JSON: {exc}.") from None
+    if not isinstance(items, list):
+        raise ArgumentError("indicator_batch must be a JSON list of indicator objects.")
+    return items
+
+
+@dataclass
+class BatchItem:
+    position: int  # 1-based, as the user counts items
+    value: str
+    body: dict | None = None
+    outcome: dict | None = None  # {"id", "indicator", "isFailed", "failureReason", "outcome"}
+
+    def fail(self, reason: str) -> None:
+        self.outcome = {"id": None, "indicator": self.value, "isFailed": True, "failureReason": reason,
+                        "outcome": "Failed"}
+
+
+def checked_batch(items: list, now: datetime) -> list[BatchItem]:
+    """Every item checked like a single indicator; invalid ones and repeats of an earlier item fail here."""
+    checked: list[BatchItem] = []
+    first_seen: dict[tuple[str, str], int] = {}
+    for position, item in enumerate(items, start=1):
+        value = str(item.get("indicatorValue") or "") if isinstance(item, dict) else str(item)
+        entry = BatchItem(position, value)
+        checked.append(entry)
+        try:
+            if not isinstance(item, dict):
+                raise ArgumentError("each item must be a JSON object with the Indicators API's fields.")
+            unknown = sorted(set(item) - set(INDICATOR_ITEM_FIELDS))
+            if unknown:
+                raise ArgumentError(f"unknown field(s) {', '.join(unknown)}; fields are case-sensitive: "
+                                    f"{', '.join(INDICATOR_ITEM_FIELDS)}.")
+            entry.body = checked_indicator(item, IndicatorNames(), now)
+        except ArgumentError as exc:
+            entry.fail(f"item {position}: {exc}")
+            continue
+        key = indicator_key(entry.body["indicatorType"], entry.body["indicatorValue"])
+        if key in first_seen:
+            entry.body = None
+            entry.fail(f"item {position} repeats item {first_seen[key]} (same type and value); it was sent once.")
+        else:
+            first_seen[key] = position
+    return checked
+
+
+class CallPacer:
+    """Keeps calls under `per_minute` in any 60 seconds on the injected clock (Microsoft's import quota)."""
+
+    def __init__(self, clock: Clock, per_minute: int):
+        self.clock, self.per_minute = clock, per_minute
+        self.calls: list[float] = []
+
+    def wait_turn(self) -> None:
+        now = self.clock.now()
+        self.calls = [t for t in self.calls if t > now - 60]
+        if len(self.calls) >= self.per_minute:
+            delay = self.calls[0] + 60 - now
+            log_debug(f"indicator import: pacing to {self.per_minute} calls a minute, waiting {delay:.0f}s")
+            self.clock.sleep(delay)
+        self.calls.append(self.clock.now())
+
+
+def import_chunk(client: "Client", chunk: list[BatchItem], existing: set[tuple[str, str]]) -> None:
+    """One import call; each item's outcome from Microsoft's per-item answer (a failed call fails its items)."""
+    try:
+        answers = client.import_indicators([item.body for item in chunk])
+    except ApiError as exc:
+        for item in chunk:
+            item.fail(f"the import call for this item failed: {exc}")
+        return
+    by_value: dict[str, list[dict]] = {}
+    for answer in answers:
+        by_value.setdefault(str(answer.get("indicator") or "").lower(), []).append(answer)
+    for item in chunk:
+        matches = by_value.get(item.body["indicatorValue"].lower()) or []
+        if not matches:
+            item.fail("Microsoft's answer did not mention this indicator; check it with "
+                      "!microsoft-atp-sc-indicator-list.")
+            continue
+        answer = matches.pop(0)
+        if answer.get("isFailed"):
+            item.fail(str(answer.get("failureReason") or "refused by Microsoft without a reason"))
+            continue
+        created = indicator_key(item.body["indicatorType"], item.body["indicatorValue"]) not in existing
+        item.outcome = {"id": answer.get("id"), "indicator": item.value, "isFailed": False, "failureReason": None,
+                        "outcome": "Created" if created else "Updated"}
+
+
+def import_indicators(client: "Client", items: list[BatchItem]) -> int:
+    """Sends the checked items in chunks of 500 at most 30 calls a minute; returns the number of calls."""
+    ready = [item for item in items if item.body is not None]
+    if not ready:
+        return 0
+    existing = {indicator_key(str(i.get("indicatorType")), str(i.get("indicatorValue")))
+                for i in client.list_indicators()}
+    pacer = CallPacer(client.clock, IMPORT_CALLS_PER_MINUTE)
+    calls = 0
+    for start in range(0, len(ready), IMPORT_BATCH_SIZE):
+        pacer.wait_turn()
+        import_chunk(client, ready[start:start + IMPORT_BATCH_SIZE], existing)
+        calls += 1
+    return calls
+
+
+@command("microsoft-atp-indicator-batch-update", TI_ROLES)
+def batch_update_indicators_command(client: "Client", args: dict) -> CommandResult:
+    items = checked_batch(batch_items(args.get("indicator_batch")), client.clock.utcnow())
+    if not items:
+        raise ArgumentError("indicator_batch holds no indicators.")
+    calls = import_indicators(client, items)
+    outcomes = [item.outcome for item in items if item.outcome]
+    counts = {name: sum(1 for o in outcomes if o["outcome"] == name) for name in ("Created", "Updated", "Failed")}
+    summary = (f"{len(items)} indicators: {counts['Created']} created, {counts['Updated']} updated, "
+               f"{counts['Failed']} failed ({calls} import call{'s' if calls != 1 else ''}).")
+    if any(CAP_REFUSAL.search(str(o["failureReason"] or "")) for o in outcomes):
+        summary += (f"\nSome were refused because a tenant holds at most {MAX_ACTIVE_INDICATORS:,} active "
+                    f"indicators; {active_indicator_count(client, client.clock.utcnow()):,} are active and visible "
+                    "to this application.")
+    if not counts["Created"] and not counts["Updated"]:
+        reasons = "\n".join(f"- {o['indicator']}: {o['failureReason']}" for o in outcomes[:TABLE_ROW_LIMIT])
+        raise IntegrationError(f"No indicator was imported. {summary}\n{reasons}")
+    failed = [o for o in outcomes if o["isFailed"]]
+    result = entity_result(IMPORT_OUTCOME, failed + [o for o in outcomes if not o["isFailed"]], "Indicator import")
+    result.readable = f"{summary}\n\n{result.readable}"
+    return result
+
+
+# ---- indicators: the older Graph tiIndicators commands, run on the Indicators API ------------------
+# Microsoft removed Graph's tiIndicators in April 2026. These commands keep their arguments and context paths:
+# each argument maps to its Indicators API field, arguments the Indicators API cannot express are refused, and the
+# older context keys are filled from the Indicators API fields that have a counterpart.
+
+LEGACY_ACTIONS = {"allow": ("Allowed", False), "block": ("Block", True), "alert": ("Audit", True)}
+LEGACY_ACTION_NAMES = {"Allowed": "allow", "Audit": "alert", "Alert": "alert", "Block": "block",
+                       "BlockAndRemediate": "block", "AlertAndBlock": "block", "Warn": "block"}
+LEGACY_SEVERITIES = {"Informational": "Informational", "Low": "Low", "MediumLow": "Medium", "MediumHigh": "Medium",
+                     "High": "High"}
+LEGACY_THREAT_TYPES = ("Botnet", "C2", "CryptoMining", "Darknet", "DDoS", "MaliciousUrl", "Malware", "Phishing",
+                       "Proxy", "PUA", "WatchList")
+LEGACY_HASH_TYPES = {"sha1": "FileSha1", "sha256": "FileSha256", "md5": "FileMd5"}
+HASH_LENGTH_TYPES = {40: "FileSha1", 64: "FileSha256", 32: "FileMd5"}
+LEGACY_NETWORK_VALUES = (("domain_name", "DomainName"), ("url", "Url"), ("network_ipv4", "IpAddress"),
+                         ("network_ipv6", "IpAddress"), ("network_destination_ipv4", "IpAddress"),
+                         ("network_destination_ipv6", "IpAddress"))
+_NO_CIDR = "the Indicators API has no CIDR blocks; give single addresses (network_ipv4 or network_ipv6)"
+_ALL_PORTS = "Indicators API indicators apply to every port and protocol"
+_REMOTE_ONLY = ("Indicators API IP indicators match the remote address of a connection; give it as network_ipv4, "
+                "network_ipv6 or a network_destination_* argument")
+LEGACY_REFUSED = {
+    "network_cidr_block": _NO_CIDR, "network_destination_cidr_block": _NO_CIDR, "network_source_cidr_block": _NO_CIDR,
+    "network_destination_asn": "the Indicators API cannot match autonomous system numbers",
+    "network_source_asn": "the Indicators API cannot match autonomous system numbers",
+    "network_port": _ALL_PORTS, "network_destination_port": _ALL_PORTS, "network_source_port": _ALL_PORTS,
+    "network_protocol": _ALL_PORTS, "network_source_ipv4": _REMOTE_ONLY, "network_source_ipv6": _REMOTE_ONLY,
+    "user_agent": "the Indicators API cannot match user agents",
+    "file_mutex_name": "the Indicators API cannot match mutex names",
+}
+LEGACY_NOT_KEPT = ("tlp_level", "confidence", "tags", "file_packer", "file_compile_date_time",
+                   "file_created_date_time", "file_name", "file_size", "file_type", "file_path")
+LEGACY_INDICATOR = EntitySpec({
+    "id": "id", "description": "description", "expirationTime": "expirationDateTime", "externalID": "externalId",
+    "creationTimeDateTimeUtc": "ingestedDateTime", "lastUpdateTime": "lastReportedDateTime", "severity": "severity",
+}, path="Indicators", key=("id",), headers=("id", "action", "fileHashValue", "domainName", "url", "networkIPv4",
+                                            "networkIPv6", "severity", "expirationDateTime", "description"))
+
+
+def legacy_fields(indicator: dict, now: datetime) -> dict:
+    """The older context keys that have an Indicators API counterpart."""
+    kind, value, action = indicator.get("indicatorType"), indicator.get("indicatorValue"), indicator.get("action")
+    fields: dict[str, Any] = {"action": LEGACY_ACTION_NAMES.get(str(action), "unknown"),
+                              "passiveOnly": action in ("Audit", "Alert"), "targetProduct": "Microsoft Defender ATP"}
+    try:
+        expires = indicator.get("expirationTime")
+        fields["isActive"] = not expires or parse_iso_datetime(str(expires)) > now
+    except ValueError:
+        pass
+    if kind in ("FileSha1", "FileSha256", "FileMd5"):
+        fields.update(fileHashType=kind[4:].lower(), fileHashValue=value)
+    elif kind == "DomainName":
+        fields["domainName"] = value
+    elif kind == "Url":
+        fields["url"] = value
+    elif kind == "IpAddress":
+        fields["networkIPv6" if ":" in str(value) else "networkIPv4"] = value
+    return fields
+
+
+def legacy_result(indicators: list[dict], title: str, now: datetime, *, file_details: dict | None = None,
+                  note: str = "") -> CommandResult:
+    result = entity_result(LEGACY_INDICATOR, indicators, title, extra=lambda record: legacy_fields(record, now))
+    standard = indicator_standard_context(indicators, scored=False)
+    if file_details and FILE_CONTEXT_KEY in standard:
+        details = {k: v for k, v in file_details.items() if v not in (None, "")}
+        standard[FILE_CONTEXT_KEY] = [{**entry, **details} for entry in standard[FILE_CONTEXT_KEY]]
+    result.outputs.update(standard)
+    if note:
+        result.readable += f"\n\n{note}"
+    return result
+
+
+def legacy_submission(args: dict, now: datetime) -> dict:
+    """The fields every older create command shares, mapped to the Indicators API; refused arguments fail here."""
+    for name, why in LEGACY_REFUSED.items():
+        if str(args.get(name) or "").strip():
+            raise ArgumentError(f"{name} cannot be used any more: {why}. Leave {name} empty.")
+    action = arg_choice(args.get("action"), "action", ("unknown", *LEGACY_ACTIONS))
+    if action in (None, "unknown"):
+        raise ArgumentError("action must be allow, block or alert (the Indicators API has no 'unknown' action).")
+    threat_type = arg_choice(args.get("threat_type"), "threat_type", LEGACY_THREAT_TYPES)
+    if threat_type is None:
+        raise ArgumentError(f"threat_type is required: one of {', '.join(LEGACY_THREAT_TYPES)}.")
+    arg_to_int(args.get("confidence"), "confidence", minimum=0, maximum=100)
+    severity = arg_choice(args.get("severity"), "severity", LEGACY_SEVERITIES, default="MediumHigh")
+    api_action, generate_alert = LEGACY_ACTIONS[action]
+    return {"action": api_action, "generateAlert": generate_alert, "title": f"{threat_type} indicator",
+            "description": arg_required(args, "description"), "severity": LEGACY_SEVERITIES[str(severity)],
+            "expirationTime": arg_required(args, "expiration_time")}
+
+
+def legacy_names(value_argument: str, type_argument: str = "") -> IndicatorNames:
+    return IndicatorNames(value=value_argument, type=type_argument or value_argument, action="action",
+                          severity="severity", expiration="expiration_time", generate_alert="action",
+                          title="threat_type", description="description")
+
+
+def legacy_not_kept_note(args: dict) -> str:
+    given = [name for name in LEGACY_NOT_KEPT if str(args.get(name) or "").strip()]
+    return f"Not kept by the Indicators API (accepted, not stored): {', '.join(given)}." if given else ""
+
+
+def legacy_hash_type(args: dict, value: str) -> str:
+    named = str(args.get("file_hash_type") or "").strip()
+    if named and named.lower() != "unknown":
+        kind = LEGACY_HASH_TYPES.get(named.lower())
+        if kind is None:
+            raise ArgumentError(f"file_hash_type={named} cannot be blocked by the Indicators API; use sha1, sha256 or "
+                                "md5.")
+        return kind
+    kind = HASH_LENGTH_TYPES.get(len(value))
+    if kind is None:
+        raise ArgumentError(f"file_hash_value must be a SHA-1, SHA-256 or MD5 hash (got '{value}').")
+    return kind
+
+
+@command("microsoft-atp-indicator-list", TI_ROLES)
+def legacy_list_indicators_command(client: "Client", args: dict) -> CommandResult:
+    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=1)
+    page_size = arg_to_int(args.get("page_size"), "page_size", default=50, minimum=1, maximum=MAX_PAGE_SIZE)
+    indicators = list(client.list_indicators(limit=limit, page_size=int(page_size)))
+    return legacy_result(indicators, "Indicators", client.clock.utcnow(),
+                         note="" if indicators else OWN_INDICATORS_NOTE)
+
+
+@command("microsoft-atp-indicator-get-by-id", TI_ROLES)
+def legacy_get_indicator_command(client: "Client", args: dict) -> CommandResult:
+    indicator = client.get_indicator(validate_indicator_id(args.get("indicator_id")))
+    return legacy_result([indicator], f"Indicator {indicator.get('id', '')}", client.clock.utcnow())
+
+
+@command("microsoft-atp-indicator-create-file", TI_ROLES)
+def legacy_create_file_indicator_command(client: "Client", args: dict) -> CommandResult:
+    now = client.clock.utcnow()
+    fields = legacy_submission(args, now)
+    value = arg_required(args, "file_hash_value")
+    size = arg_to_int(args.get("file_size"), "file_size", minimum=0)
+    fields.update(indicatorValue=value, indicatorType=legacy_hash_type(args, value))
+    indicator, created = submit_indicator(client, checked_indicator(fields, legacy_names("file_hash_value",
+                                                                                         "file_hash_type"), now))
+    details = {"Name": args.get("file_name"), "Size": size, "Type": args.get("file_type"), "Path": args.get("file_path")}
+    return legacy_result([indicator], f"File indicator {indicator.get('id', '')} {'created' if created else 'updated'}",
+                         now, file_details=details, note=legacy_not_kept_note(args))
+
+
+@command("microsoft-atp-indicator-create-network", TI_ROLES)
+def legacy_create_network_indicator_command(client: "Client", args: dict) -> CommandResult:
+    now = client.clock.utcnow()
+    fields = legacy_submission(args, now)
+    bodies = {f"{name}={str(args[name]).strip()}": checked_indicator(
+        {**fields, "indicatorValue": str(args[name]).strip(), "indicatorType": kind}, legacy_names(name), now)
+        for name, kind in LEGACY_NETWORK_VALUES if str(args.get(name) or "").strip()}
+    if not bodies:
+        raise ArgumentError("Give at least one of " + ", ".join(name for name, _ in LEGACY_NETWORK_VALUES) + ".")
+    done, failed = call_for_each(list(bodies), lambda label: submit_indicator(client, bodies[label])[0],
+                                 "Creating the network indicators")
+    note = "\n\n".join(text for text in (legacy_not_kept_note(args), failures_readable(failed, "Argument").strip())
+                       if text)
+    return legacy_result([indicator for _, indicator in done], "Network indicators created or updated", now,
+                         note=note)
+
+
+def legacy_resubmission(current: dict, changes: dict) -> dict:
+    """The stored indicator as a submit body (Microsoft has no PATCH for indicators), with `changes` applied;
+    the retired Alert and AlertAndBlock actions become Audit and Block with alerting."""
+    action = {"Alert": "Audit", "AlertAndBlock": "Block"}.get(str(current.get("action")), current.get("action"))
+    body = {name: current[name] for name in INDICATOR_ITEM_FIELDS if current.get(name) not in (None, "", [])}
+    body.pop("application", None)  # Microsoft keeps it only on creation
+    body.update(action=action, **changes)
+    if current.get("action") in ("Alert", "AlertAndBlock"):
+        body["generateAlert"] = True
+    return body
+
+
+@command("microsoft-atp-indicator-update", TI_ROLES)
+def legacy_update_indicator_command(client: "Client", args: dict) -> CommandResult:
+    now = client.clock.utcnow()
+    indicator_id = validate_indicator_id(args.get("indicator_id"))
+    changes = {"expirationTime": format_datetime(future_time(arg_required(args, "expiration_time"),
+                                                             "expiration_time", now)),
+               "severity": LEGACY_SEVERITIES[str(arg_choice(args.get("severity"), "severity", LEGACY_SEVERITIES,
+                                                            default="MediumHigh"))]}
+    if str(args.get("description") or "").strip():
+        changes["description"] = str(args["description"]).strip()
+    indicator = client.submit_indicator(legacy_resubmission(client.get_indicator(indicator_id), changes))
+    return legacy_result([indicator], f"Indicator {indicator.get('id', indicator_id)} updated", now)
+
+
+@command("microsoft-atp-indicator-delete", TI_ROLES)
+def legacy_delete_indicator_command(client: "Client", args: dict) -> CommandResult:
+    indicator_id = validate_indicator_id(args.get("indicator_id"))
+    client.delete_indicator(indicator_id)
+    return CommandResult(f"Indicator {indicator_id} deleted.", raw={"deleted": [indicator_id]})
 
 
 # ============================================================================================

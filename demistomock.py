@@ -61,6 +61,11 @@ def uniqueFile() -> str:
     return _runtime.current().unique_file()
 
 
+def getFilePath(id: str) -> dict:  # noqa: A002 - the platform's signature
+    """{"path", "name"} of a file entry (locally: the entry ID is a path relative to where the CLI ran)."""
+    return _runtime.current().get_file_path(id)
+
+
 def debug(msg, *args) -> None:
     _runtime.current().log("debug", msg)
 

@@ -172,6 +172,37 @@ def fetch_backlog(bench: Bench, backlog: int, max_fetch: int) -> Outcome:
     return outcome
 
 
+def import_indicators(workdir: Path, count: int = 10_000) -> Outcome:
+    """Self-contained: its own emulator, a JSON file of `count` new indicators, one batch-update run."""
+    with Emulator(machines=100, alerts=20, workdir=workdir) as emulator:
+        bench = Bench(emulator, workdir)
+        batch = workdir / "indicators.json"
+        batch.write_text(json.dumps([
+            {"indicatorValue": f"{i:064x}", "indicatorType": "FileSha256", "action": "Block", "title": "bench",
+             "description": "bench import", "expirationTime": "30 days"} for i in range(1, count + 1)]))
+
+        def body(o: Outcome) -> None:
+            out = bench.run(o, "microsoft-atp-indicator-batch-update", f"indicator_batch={batch}",
+                            options=("--json",))
+            results = json.loads(out or "{}").get("MicrosoftATP.Indicators") or []
+            o.notes.append(f"{sum(r['Outcome'] == 'Created' for r in results)} created, "
+                           f"{sum(r['IsFailed'] for r in results)} failed")
+            o.checks.append((f"{count:,} outcomes, all created", len(results) == count and all(
+                r["Outcome"] == "Created" for r in results)))
+        outcome = bench.scenario(f"import {count:,} indicators (batch-update)", body)
+        stored = [i["indicatorValue"] for i in direct_api_get(emulator, "indicators",
+                                                              {"$filter": "title eq 'bench'"})["value"]]
+    calls = outcome.requests.get("POST /api/indicators/import", 0)
+    duplicates = len(stored) - len(set(stored))
+    outcome.notes.append(f"{calls} import calls, {outcome.requests.get('GET /api/indicators', 0)} listing call(s) "
+                         "to tell creates from updates")
+    outcome.checks += [(f"import calls == {count // 500} (saw {calls})", calls == count // 500),
+                       (f"failures == 0 (saw {outcome.failures})", outcome.failures == 0),
+                       (f"duplicates == 0 (saw {duplicates}; {len(stored):,} stored)",
+                        duplicates == 0 and len(stored) == count)]
+    return outcome
+
+
 # ---- report ----------------------------------------------------------------------------------------
 
 
@@ -208,6 +239,7 @@ def main() -> int:
             "max_fetch": "100", "first_fetch_timestamp": "365 days", "fetch_status": "New,InProgress,Resolved",
             "fetch_severity": "Informational,Low,Medium,High"})
         outcomes.append(fetch_backlog(bench, 10_000, 100))
+    outcomes.append(import_indicators(BENCH_DIR / "indicators"))
     return 0 if report(outcomes) else 1
 
 

@@ -6,6 +6,7 @@ engineer runs first, then stops the emulator. Exits non-zero if any step fails.
 
 from __future__ import annotations
 
+import hashlib
 import json
 import shutil
 import sys
@@ -111,6 +112,16 @@ def alerts_and_fetch(t: Tour, ready: dict) -> None:
     t.run("fetcher", "fetch")
 
 
+def block_a_hash(t: Tour, ready: dict) -> None:
+    t.step("Block a file hash everywhere (submit again: Microsoft updates the same indicator), then list it")
+    sha256 = hashlib.sha256(b"IR-1042 dropper").hexdigest()
+    block = ("microsoft-atp-sc-indicator-create", f"indicator_value={sha256}", "indicator_type=FileSha256",
+             "indicator_title=IR-1042 dropper", "indicator_description=Dropper seen in IR-1042", "severity=High")
+    t.run("client-credentials", *block, "action=Block")
+    t.run("client-credentials", *block, "action=BlockAndRemediate")
+    t.run("client-credentials", "microsoft-atp-sc-indicator-list", f"indicator_value={sha256}")
+
+
 def what_to_patch_first(t: Tour, ready: dict) -> None:
     t.step("Which machines have this CVE, and what should we patch first?")
     cves = json.loads(t.run("client-credentials", "microsoft-atp-list-vulnerabilities-by-software",
@@ -124,7 +135,7 @@ def what_to_patch_first(t: Tour, ready: dict) -> None:
     t.run("client-credentials", "microsoft-atp-list-remediation-tasks", "status=Active", "limit=5")
 
 
-HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch, what_to_patch_first]
+HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch, block_a_hash, what_to_patch_first]
 
 
 def main() -> int:

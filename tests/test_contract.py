@@ -24,7 +24,7 @@ IMPLEMENTED_AREAS = {
     # advanced hunting
 
     # indicators
-
+    "indicators_sc", "indicators_legacy_graph",
     # live response and reputation
 
     # vulnerability management
@@ -43,7 +43,8 @@ def test_yml_validates_against_the_xsoar_integration_schema():
 def test_brand_and_context_prefix_match_the_contract():
     assert YML["commonfields"]["id"] == YML["name"] == CONTRACT["brand"]
     paths = {o["contextPath"] for c in YML_COMMANDS.values() for o in c.get("outputs") or []}
-    assert all(p.split(".")[0] in (CONTRACT["context_prefix"], "Endpoint", "File", "IP", "Domain", "CVE", "DBotScore")
+    assert all(p.split(".")[0] in (CONTRACT["context_prefix"], "Endpoint", "File", "IP", "Domain", "URL", "CVE",
+                                   "DBotScore")
                for p in paths)
 
 

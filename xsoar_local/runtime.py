@@ -35,6 +35,7 @@ class Runtime:
         self._command = command
         self.store = store or MemoryStore()
         self._workdir = Path(workdir) if workdir else None
+        self.user_dir = Path.cwd()  # where the user ran the CLI: file arguments are paths relative to it
         self.verbose = verbose
         self.entries: list = []  # everything passed to results(), flattened
         self.incidents: list | None = None  # set by incidents(); None when the plugin never called it
@@ -54,6 +55,13 @@ class Runtime:
 
     def unique_file(self) -> str:
         return uuid.uuid4().hex
+
+    def get_file_path(self, entry_id: str) -> dict:
+        """XSOAR resolves a file entry ID to the file's local path; locally the "entry ID" is the path itself."""
+        path = (self.user_dir / str(entry_id)).resolve()
+        if not path.is_file():
+            raise ValueError(f"no file at {path}")
+        return {"path": str(path), "name": path.name}
 
     @property
     def workdir(self) -> Path:
