@@ -26,6 +26,7 @@ import binascii
 import hashlib
 import ipaddress
 import json
+import logging
 import os
 import re
 import secrets
@@ -33,16 +34,10 @@ import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any
+from typing import Any, ClassVar
 from urllib.parse import quote, urlencode, urljoin, urlparse
 
 import requests
-from cryptography.hazmat.primitives.ciphers.aead import AESGCM
-
-try:
-    import msal
-except ImportError:  # a docker image without msal: only the Cortex XSOAR app flow can work (see require_msal)
-    msal = None
 
 import demistomock as demisto
 
@@ -192,24 +187,7 @@ def log_debug(message: str) -> None:
 # 3. Auth providers
 # ============================================================================================
 
-
-@dataclass
-class AuthSettings:
-    """Everything the auth layer needs, resolved from current and legacy instance parameters."""
-
-    flow: str
-    cloud: Cloud
-    client_id: str = ""  # app (client) id, or the XSOAR app registration id
-    tenant_id: str = ""  # Entra tenant id, or the XSOAR app token
-    secret: str = ""  # client secret, or the XSOAR app encryption key
-    thumbprint: str = ""
-    private_key: str = ""
-    redirect_uri: str = ""
-    auth_code: str = ""
-    managed_identity_client_id: str = ""
-    oproxy_url: str = OPROXY_URL
-    verify: bool = True
-    proxies: dict[str, str] = field(default_factory=dict)
+# ---- settings: one small class per flow --------------------------------------------------------
 
 
 def _credential(params: dict, name: str, part: str = "password") -> str:
@@ -223,39 +201,79 @@ def _first(*values: str) -> str:
     return next((value for value in values if value), "")
 
 
+def _text(params: dict, name: str) -> str:
+    return str(params.get(name) or "").strip()
+
+
+def _param_bool(params: dict, name: str, label: str) -> bool:
+    try:
+        return arg_to_bool(params.get(name), f"{label} ({name})")
+    except ArgumentError as exc:
+        raise ConfigurationError(f"Instance parameter {exc}") from None
+
+
 def resolve_flow(params: dict) -> str:
     """The "Authentication Flow" parameter, or the flow older instances imply."""
-    flow = str(params.get("auth_flow") or "").strip()
+    flow = _text(params, "auth_flow")
     if flow:
         if flow not in AUTH_FLOWS:
             raise ConfigurationError(f"Authentication Flow '{flow}' is not supported. Choose one of: "
                                      f"{', '.join(AUTH_FLOWS)}.")
         return flow
-    legacy_type = str(params.get("auth_type") or "").strip()
-    if legacy_type == FLOW_MANAGED_IDENTITY:
-        return FLOW_MANAGED_IDENTITY
-    if legacy_type == FLOW_AUTH_CODE:
-        return FLOW_AUTH_CODE
-    if argToBoolean(params.get("self_deployed", False)):
+    legacy_type = _text(params, "auth_type")
+    if legacy_type in (FLOW_MANAGED_IDENTITY, FLOW_AUTH_CODE):
+        return legacy_type
+    if _param_bool(params, "self_deployed", "Use a self-deployed Azure Application"):
         return FLOW_CLIENT_CREDENTIALS
     return FLOW_XSOAR_APP
 
 
+def _https_url(value: str, label: str) -> str:
+    parsed = urlparse(value)
+    if parsed.scheme not in ("https", "http") or not parsed.hostname:
+        raise ConfigurationError(f"{label} '{value}' is not a URL. Enter it as https://host[:port][/path].")
+    return value
+
+
 def resolve_cloud(params: dict) -> Cloud:
-    endpoint_type = str(params.get("endpoint_type") or "Worldwide").strip()
-    if argToBoolean(params.get("is_gcc", False)):
+    endpoint_type = _text(params, "endpoint_type") or "Worldwide"
+    if _param_bool(params, "is_gcc", "Using Microsoft GCC"):
         endpoint_type = "US GCC"
-    url = str(params.get("url") or "").strip().rstrip("/")
+    url = _text(params, "url").rstrip("/")
     if endpoint_type == CUSTOM_CLOUD:
         if not url:
             raise ConfigurationError("Endpoint Type is 'Custom' but no Server URL is set. Enter the Defender API URL "
                                      f"in Server URL (e.g. {CLOUDS['Worldwide'].api_base}).")
-        login = str(params.get("login_url") or "").strip().rstrip("/") or _COMMERCIAL_LOGIN
-        return Cloud(login, url, _COMMERCIAL_SCOPE, CLOUDS["Worldwide"].mi_resource)
+        login = _text(params, "login_url").rstrip("/") or _COMMERCIAL_LOGIN
+        return Cloud(_https_url(login, "Login URL (login_url)"), _https_url(url, "Server URL (url)"),
+                     _COMMERCIAL_SCOPE, CLOUDS["Worldwide"].mi_resource)
     if endpoint_type not in CLOUDS:
         raise ConfigurationError(f"Endpoint Type '{endpoint_type}' is unknown. Choose one of: "
                                  f"{', '.join(ENDPOINT_TYPES)}.")
     return CLOUDS[endpoint_type]
+
+
+def auth_values(params: dict) -> dict[str, Any]:
+    """The one place where current and legacy instance parameters become the values the flows read.
+
+    Legacy names, newest first: ID = _auth_id_encrypted, _auth_id, auth_id; Token = _tenant_id_encrypted,
+    _tenant_id, tenant_id; Key = credentials, enc_key; certificate = creds_certificate, then
+    certificate_thumbprint + private_key; the flow from self_deployed/auth_type; the cloud from is_gcc."""
+    return {
+        "flow": resolve_flow(params),
+        "cloud": resolve_cloud(params),
+        "id": _first(_credential(params, "_auth_id_encrypted"), _text(params, "_auth_id"), _text(params, "auth_id")),
+        "token": _first(_credential(params, "_tenant_id_encrypted"), _text(params, "_tenant_id"),
+                        _text(params, "tenant_id")),
+        "key": _first(_credential(params, "credentials"), _text(params, "enc_key")),
+        "thumbprint": normalize_thumbprint(_first(_credential(params, "creds_certificate", "identifier"),
+                                                  _text(params, "certificate_thumbprint"))),
+        "private_key": normalize_private_key(_first(_credential(params, "creds_certificate"),
+                                                    _text(params, "private_key"))),
+        "redirect_uri": _text(params, "redirect_uri"),
+        "auth_code": _credential(params, "auth_code"),
+        "managed_identity_client_id": _credential(params, "managed_identities_client_id"),
+    }
 
 
 def normalize_thumbprint(value: str) -> str:
@@ -278,81 +296,214 @@ def normalize_private_key(value: str) -> str:
     return "\n".join([header, *lines, footer]) + "\n"
 
 
+def _digest(text: str) -> str:
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+@dataclass(frozen=True)
+class XsoarAppSettings:
+    """The Cortex XSOAR app: ID, Token and Key come from the consent page, not from Entra."""
+
+    flow: ClassVar[str] = FLOW_XSOAR_APP
+    cloud: Cloud
+    registration_id: str
+    consent_token: str
+    encryption_key: str
+    token_url: str = OPROXY_URL
+
+    @classmethod
+    def from_params(cls, params: dict) -> "XsoarAppSettings":
+        values = auth_values(params)
+        registration_id, _, url = values["id"].partition("@")  # "<id>@<url>" overrides the token service
+        REDACT.add(values["token"], values["key"])
+        return cls(values["cloud"], registration_id, values["token"], values["key"], url or OPROXY_URL)
+
+    def identity(self) -> tuple[str, ...]:
+        return self.registration_id, self.token_url, _digest(self.consent_token), _digest(self.encryption_key)
+
+
+@dataclass(frozen=True)
+class ClientCredentialsSettings:
+    """A self-deployed Entra app proving itself with a client secret or a certificate."""
+
+    flow: ClassVar[str] = FLOW_CLIENT_CREDENTIALS
+    cloud: Cloud
+    client_id: str
+    tenant_id: str
+    client_secret: str = ""
+    thumbprint: str = ""
+    private_key: str = ""
+
+    @classmethod
+    def _values(cls, params: dict) -> dict[str, Any]:
+        values = auth_values(params)
+        REDACT.add(values["key"], values["private_key"], values["auth_code"])
+        return {"cloud": values["cloud"], "client_id": values["id"], "tenant_id": values["token"],
+                "client_secret": values["key"], "thumbprint": values["thumbprint"],
+                "private_key": values["private_key"]}
+
+    @classmethod
+    def from_params(cls, params: dict) -> "ClientCredentialsSettings":
+        return cls(**cls._values(params))
+
+    @property
+    def uses_certificate(self) -> bool:
+        return bool(self.thumbprint and self.private_key)
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.client_id, self.tenant_id, _digest(self.client_secret), self.thumbprint,
+                _digest(self.private_key))
+
+
+@dataclass(frozen=True)
+class AuthorizationCodeSettings(ClientCredentialsSettings):
+    """A self-deployed Entra app acting for the user who signed in once (then refresh tokens)."""
+
+    flow: ClassVar[str] = FLOW_AUTH_CODE
+    redirect_uri: str = ""
+    auth_code: str = ""
+
+    @classmethod
+    def from_params(cls, params: dict) -> "AuthorizationCodeSettings":
+        values = auth_values(params)
+        return cls(**cls._values(params), redirect_uri=values["redirect_uri"], auth_code=values["auth_code"])
+
+
+@dataclass(frozen=True)
+class ManagedIdentitySettings:
+    """The Azure resource's own identity: system-assigned, or user-assigned when a client ID is set."""
+
+    flow: ClassVar[str] = FLOW_MANAGED_IDENTITY
+    cloud: Cloud
+    client_id: str = ""
+
+    @classmethod
+    def from_params(cls, params: dict) -> "ManagedIdentitySettings":
+        values = auth_values(params)
+        return cls(values["cloud"], values["managed_identity_client_id"])
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.client_id,)
+
+
+AuthSettings = XsoarAppSettings | ClientCredentialsSettings | AuthorizationCodeSettings | ManagedIdentitySettings
+SETTINGS_BY_FLOW: dict[str, type] = {settings.flow: settings for settings in (
+    XsoarAppSettings, ClientCredentialsSettings, AuthorizationCodeSettings, ManagedIdentitySettings)}
+
+
 def auth_settings_from_params(params: dict) -> AuthSettings:
-    flow = resolve_flow(params)
-    insecure = argToBoolean(params.get("insecure", False))
-    settings = AuthSettings(
-        flow=flow,
-        cloud=resolve_cloud(params),
-        client_id=_first(_credential(params, "_auth_id_encrypted"), str(params.get("_auth_id") or "").strip(),
-                         str(params.get("auth_id") or "").strip()),
-        tenant_id=_first(_credential(params, "_tenant_id_encrypted"), str(params.get("_tenant_id") or "").strip(),
-                         str(params.get("tenant_id") or "").strip()),
-        secret=_first(_credential(params, "credentials"), str(params.get("enc_key") or "").strip()),
-        thumbprint=normalize_thumbprint(_first(_credential(params, "creds_certificate", "identifier"),
-                                               str(params.get("certificate_thumbprint") or "").strip())),
-        private_key=normalize_private_key(_first(_credential(params, "creds_certificate"),
-                                                 str(params.get("private_key") or "").strip())),
-        redirect_uri=str(params.get("redirect_uri") or "").strip(),
-        auth_code=_credential(params, "auth_code"),
-        managed_identity_client_id=_credential(params, "managed_identities_client_id"),
-        verify=not insecure,
-        proxies={} if argToBoolean(params.get("proxy", False)) else {"http": "", "https": ""},
-    )
-    if flow == FLOW_XSOAR_APP and "@" in settings.client_id:
-        registration_id, _, url = settings.client_id.partition("@")
-        settings.client_id, settings.oproxy_url = registration_id, url
-    REDACT.add(settings.secret, settings.private_key, settings.auth_code, settings.tenant_id
-               if flow == FLOW_XSOAR_APP else "")
-    return settings
+    return SETTINGS_BY_FLOW[resolve_flow(params)].from_params(params)
+
+
+def credential_fingerprint(settings: AuthSettings) -> str:
+    """Changes whenever anything that identifies the credential changes; secrets enter only hashed."""
+    cloud = settings.cloud
+    parts = (settings.flow, cloud.login_host, cloud.api_base, cloud.scope, cloud.mi_resource, *settings.identity())
+    return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
+
+
+@dataclass(frozen=True)
+class Network:
+    """How requests leave the integration: certificate checking and proxy."""
+
+    verify: bool = True
+    proxies: dict = field(default_factory=dict)
+
+    @classmethod
+    def from_params(cls, params: dict) -> "Network":
+        insecure = _param_bool(params, "insecure", "Trust any certificate")
+        use_proxy = _param_bool(params, "proxy", "Use system proxy settings")
+        return cls(verify=not insecure, proxies={} if use_proxy else {"http": "", "https": ""})
+
+
+# ---- token state in the integration context --------------------------------------------------
+
+TOKEN_LEASE_SECONDS = 120  # a run requesting a token holds the lease at most this long (then others take over)
+TOKEN_LEASE_POLL = 0.25  # how often a run waiting for another run's token looks again
+CONTEXT_WRITE_ATTEMPTS = 10
 
 
 class TokenStore:
     """Token state in the integration context, shared by every run of the instance.
 
     Keys mirror the older integration's (`access_token`, `valid_until`, `current_refresh_token`) so an
-    upgraded instance keeps its state; `auth_fingerprint` drops the state when the auth setup changes.
+    upgraded instance keeps its state. `auth_fingerprint` ties the state to the credential: after any
+    credential change the old state is ignored and replaced. Writes use the versioned pair where the
+    platform has it, so a run that lost a race re-reads instead of overwriting the winner.
     """
 
     KEYS = ("access_token", "valid_until", "current_refresh_token", "auth_fingerprint", "next_request_time",
-            "delay_request_counter", "login_state", "used_auth_code")
+            "delay_request_counter", "login_state", "used_auth_code", "token_lease")
 
-    def __init__(self, fingerprint: str, clock: Callable[[], float] | None = None):
+    def __init__(self, fingerprint: str, clock: Clock = SYSTEM_CLOCK):
         self.fingerprint = fingerprint
-        self.clock = clock or (lambda: time.time())
+        self.clock = clock
+
+    @staticmethod
+    def _versioned() -> bool:
+        return hasattr(demisto, "getIntegrationContextVersioned") and hasattr(demisto, "setIntegrationContextVersioned")
+
+    def read(self) -> tuple[dict, int | None]:
+        """The whole integration context and its version (None where the platform has no versions)."""
+        if self._versioned():
+            data = demisto.getIntegrationContextVersioned() or {}
+            return dict(data.get("context") or {}), data.get("version")
+        return dict(demisto.getIntegrationContext() or {}), None
+
+    def write(self, context: dict, version: int | None) -> bool:
+        """False when another run wrote since `version` was read."""
+        if version is None:
+            demisto.setIntegrationContext(context)
+            return True
+        try:
+            demisto.setIntegrationContextVersioned(context, version)
+        except Exception as exc:  # the platform's and the CLI's version conflicts have different types
+            log_debug(f"Integration context changed by another run ({type(exc).__name__}); reading it again.")
+            return False
+        return True
+
+    def ours(self, context: dict) -> dict:
+        """The token state of this credential; empty when the stored state belongs to another one."""
+        auth = {key: context[key] for key in self.KEYS if key in context}
+        if auth.get("auth_fingerprint") not in (None, self.fingerprint):  # None: the older integration's state
+            log_debug("The credentials changed since the stored token was issued; it will not be used.")
+            return {}
+        return auth
+
+    def with_state(self, context: dict, **values: Any) -> dict:
+        """`context` with our token state updated by `values` (None removes a key)."""
+        state = {**self.ours(context), **values, "auth_fingerprint": self.fingerprint}
+        others = {key: value for key, value in context.items() if key not in self.KEYS}
+        return {**others, **{key: value for key, value in state.items() if value is not None}}
 
     def load(self) -> dict:
-        context = demisto.getIntegrationContext() or {}
-        if context.get("auth_fingerprint") not in (None, self.fingerprint):
-            log_debug("Authentication settings changed since the last token; discarding stored tokens.")
-            return {}
-        return context
+        return self.ours(self.read()[0])
 
     def update(self, **values: Any) -> None:
-        context = demisto.getIntegrationContext() or {}
-        context.update(values, auth_fingerprint=self.fingerprint)
-        demisto.setIntegrationContext(context)
+        for _ in range(CONTEXT_WRITE_ATTEMPTS):
+            context, version = self.read()
+            if self.write(self.with_state(context, **values), version):
+                return
+        raise AuthError("Could not save the token state: other runs kept changing the integration context.")
 
-    def valid_access_token(self) -> str | None:
-        state = self.load()
+    def valid_access_token(self, state: dict, rejected: str | None = None) -> str | None:
         token, valid_until = state.get("access_token"), state.get("valid_until")
-        if token and valid_until and self.clock() < float(valid_until):
+        if token and token != rejected and valid_until and self.clock.now() < float(valid_until):
             return str(token)
         return None
 
-    def save_access_token(self, token: str, expires_in: int, refresh_token: str | None = None) -> None:
-        valid_until = self.clock() + token_reuse_seconds(expires_in)
-        values: dict[str, Any] = {"access_token": token, "valid_until": valid_until}
+    def token_values(self, token: str, expires_in: int, refresh_token: str | None) -> dict:
+        values: dict[str, Any] = {"access_token": token,
+                                  "valid_until": self.clock.now() + token_reuse_seconds(expires_in)}
         if refresh_token is not None:
             values["current_refresh_token"] = refresh_token
-        self.update(**values)
-
-    def invalidate_access_token(self) -> None:
-        self.update(access_token="", valid_until=0)
+        return values
 
     def clear(self) -> None:
-        context = demisto.getIntegrationContext() or {}
-        demisto.setIntegrationContext({k: v for k, v in context.items() if k not in self.KEYS})
+        for _ in range(CONTEXT_WRITE_ATTEMPTS):
+            context, version = self.read()
+            if self.write({k: v for k, v in context.items() if k not in self.KEYS}, version):
+                return
 
 
 def token_reuse_seconds(expires_in: int) -> float:
@@ -360,15 +511,74 @@ def token_reuse_seconds(expires_in: int) -> float:
     return max(expires_in - TOKEN_EXPIRY_MARGIN, expires_in / 2)
 
 
-class MsalHttpClient:
-    """The requests session msal uses, with our timeouts, proxy and certificate settings on every call."""
+# ---- msal: imported on first use, its logging and HTTP under our control -------------------------
 
-    def __init__(self, session: requests.Session, verify: bool, proxies: dict, timeout: tuple[int, int]):
-        self.session, self.verify, self.proxies, self.timeout = session, verify, proxies, timeout
+msal: Any = None  # the module, once require_msal() imported it: only the flows that need a token import it
+MSAL_MINIMUM = "1.32"
+TOKEN_REQUEST_RETRY_DELAYS = (1.0, 2.0, 4.0)  # Entra 5xx and connection errors: three retries, then an error
+MAX_TOKEN_RETRY_AFTER = 30
+
+
+class DebugLogHandler(logging.Handler):
+    """Sends a library's log records to the redacting debug log instead of stderr."""
+
+    def emit(self, record: logging.LogRecord) -> None:
+        message = record.getMessage()
+        if record.exc_info and record.exc_info[1] is not None:
+            message += f" ({type(record.exc_info[1]).__name__}: {record.exc_info[1]})"
+        log_debug(f"{record.name}: {message}")
+
+
+def route_library_logging(name: str) -> None:
+    logger = logging.getLogger(name)
+    if not any(isinstance(handler, DebugLogHandler) for handler in logger.handlers):
+        logger.addHandler(DebugLogHandler())
+    logger.setLevel(logging.INFO)
+    logger.propagate = False  # nothing reaches the root logger, or stderr
+
+
+def require_msal(flow: str) -> Any:
+    """The msal module, imported now: importing it costs time the Cortex XSOAR app flow never needs."""
+    global msal
+    if msal is None:
+        try:
+            import msal as module
+        except ImportError:
+            raise ConfigurationError(
+                f"{flow} needs the Python package msal {MSAL_MINIMUM} or newer, which this docker image lacks. Choose "
+                "a docker image that carries msal for the integration, or use the Cortex XSOAR app flow.") from None
+        route_library_logging("msal")
+        msal = module
+    return msal
+
+
+class MsalHttpClient:
+    """The requests session msal uses: our timeouts, proxy and certificate settings on every call, and
+    bounded retries (via the injected clock) when Entra answers 5xx or the connection fails."""
+
+    def __init__(self, session: requests.Session, network: Network, timeout: tuple[float, float], clock: Clock,
+                 retry_connection_errors: bool = True):
+        self.session, self.network, self.timeout, self.clock = session, network, timeout, clock
+        self.retry_connection_errors = retry_connection_errors
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
-        return self.session.request(method, url, verify=self.verify, proxies=self.proxies, **kwargs)
+        where = _display_url(url)
+        for attempt, delay in enumerate((*TOKEN_REQUEST_RETRY_DELAYS, None), start=1):
+            try:
+                response = self.session.request(method, url, verify=self.network.verify,
+                                                proxies=self.network.proxies, **kwargs)
+            except (requests.ConnectionError, requests.Timeout) as exc:
+                if delay is None or not self.retry_connection_errors or isinstance(exc, requests.exceptions.SSLError):
+                    raise
+                log_debug(f"{method} {where}: {type(exc).__name__}; retry {attempt} in {delay:.0f}s")
+            else:
+                if response.status_code < 500 or delay is None:
+                    return response
+                delay = min(_retry_after(response, delay), MAX_TOKEN_RETRY_AFTER)
+                log_debug(f"{method} {where}: HTTP {response.status_code}; retry {attempt} in {delay:.0f}s")
+            self.clock.sleep(delay)
+        raise AssertionError("unreachable")
 
     def get(self, url: str, **kwargs: Any) -> requests.Response:
         return self._send("GET", url, **kwargs)
@@ -380,8 +590,27 @@ class MsalHttpClient:
         pass
 
 
-# Entra error codes, and what the user should do about each.
-AADSTS_HINTS = {
+def _retry_after(response: requests.Response, default: float) -> float:
+    try:
+        return max(float(response.headers.get("Retry-After", default)), 0.0)
+    except ValueError:
+        return default
+
+
+def _display_url(url: str) -> str:
+    parsed = urlparse(url)
+    return f"{parsed.scheme}://{parsed.netloc}{parsed.path}"
+
+
+# ---- Entra errors --------------------------------------------------------------------------------
+
+SECRET, CERTIFICATE = "client secret", "certificate"
+CREDENTIAL_PARAMS = {SECRET: "Key (client secret)", CERTIFICATE: "Certificate Thumbprint and Private Key"}
+RESET_STEPS = "Run !microsoft-atp-auth-reset, then !microsoft-atp-generate-login-url and sign in again."
+
+# Entra error codes, and what the user should do about each. A dict value holds one hint per credential
+# type: the advice must fit the credential in use.
+AADSTS_HINTS: dict[int, str | dict[str, str]] = {
     7000215: "The client secret in Key is wrong. Copy the secret's Value (not its Secret ID) from the app "
              "registration's Certificates & secrets page.",
     7000222: "The client secret has expired. Create a new secret in the app registration and update Key.",
@@ -392,23 +621,28 @@ AADSTS_HINTS = {
     65001: "Admin consent is missing. Grant admin consent for the app's WindowsDefenderATP API permissions.",
     500011: "The Defender API (WindowsDefenderATP) is not available in this tenant or cloud. Check the Endpoint "
             "Type and that Defender for Endpoint is provisioned.",
-    700027: "The client assertion was rejected. Check that Certificate Thumbprint and Private Key belong to a "
-            "certificate uploaded to the app registration.",
+    700027: {CERTIFICATE: "The client assertion was rejected. Check that Certificate Thumbprint and Private Key "
+                          "belong to a certificate uploaded to the app registration.",
+             SECRET: "The client credential was rejected. Check Key (client secret)."},
+    7000274: {CERTIFICATE: "The certificate's thumbprint is not registered with the app. Check Certificate "
+                           "Thumbprint against the app registration's Certificates & secrets page."},
     50011: "The redirect URI does not match the app registration. Make Application redirect URI exactly equal "
            "to a redirect URI of the app.",
-    70008: "The authorization code or refresh token has expired. Run !microsoft-atp-auth-reset, then "
-           "!microsoft-atp-generate-login-url and sign in again.",
+    70008: f"The authorization code or refresh token has expired. {RESET_STEPS}",
     54005: "The authorization code was already used. Run !microsoft-atp-generate-login-url, sign in, and paste "
            "the new code into Authorization code.",
-    9002313: "The authorization code or refresh token is invalid. Run !microsoft-atp-auth-reset, then "
-             "!microsoft-atp-generate-login-url and sign in again.",
-    70000: "The grant is invalid or was already used. Run !microsoft-atp-auth-reset, then "
-           "!microsoft-atp-generate-login-url and sign in again.",
+    9002313: f"The authorization code or refresh token is invalid. {RESET_STEPS}",
+    70000: f"The grant is invalid or was already used. {RESET_STEPS}",
+}
+# Without a known code: what to check, by credential type.
+ERROR_HINTS = {
+    "invalid_client": {SECRET: "Check ID (application/client ID) and Key (client secret).",
+                       CERTIFICATE: "Check ID (application/client ID), Certificate Thumbprint and Private Key."},
 }
 
 
-def entra_error_message(result: dict, what: str) -> str:
-    """Turns an Entra/msal error dict into a sentence that says what to fix."""
+def entra_error_message(result: dict, what: str, credential_type: str = "") -> str:
+    """Turns an Entra/msal error dict into a sentence that says what to fix, for the credential in use."""
     description = str(result.get("error_description") or "")
     description = re.split(r"\s*(?:Trace ID|Correlation ID|Timestamp):", description)[0]
     codes = [int(c) for c in result.get("error_codes") or [] if str(c).isdigit()]
@@ -417,59 +651,91 @@ def entra_error_message(result: dict, what: str) -> str:
         codes = codes or [int(match.group(1))]
         description = description[match.end():]
     code_text = f" AADSTS{codes[0]}" if codes else ""
-    hint = next((AADSTS_HINTS[c] for c in codes if c in AADSTS_HINTS), "")
+    hints = [AADSTS_HINTS[c] for c in codes if c in AADSTS_HINTS] or [ERROR_HINTS.get(str(result.get("error")), "")]
+    hint = next((h.get(credential_type, "") if isinstance(h, dict) else h for h in hints), "")
     message = f"Microsoft Entra ID refused {what} ({result.get('error', 'error')}{code_text}): {description}".rstrip()
     return REDACT(f"{message} {hint}".strip())
 
 
+# ---- providers -----------------------------------------------------------------------------------
+
+
 class TokenProvider:
-    """One way of proving identity. Subclasses implement `_acquire()`; caching and refresh live here."""
+    """One way of proving identity. Subclasses implement `_acquire()`; caching, single-flight and
+    refresh live here."""
 
     flow = ""
+    credential_type = ""  # what the hints talk about: SECRET, CERTIFICATE or nothing
 
-    def __init__(self, settings: AuthSettings, session: requests.Session, store: TokenStore):
-        self.settings, self.session, self.store = settings, session, store
+    def __init__(self, settings: Any, session: requests.Session, store: TokenStore, network: Network = Network(),
+                 clock: Clock = SYSTEM_CLOCK):
+        self.settings, self.session, self.store, self.network, self.clock = settings, session, store, network, clock
+        self.run_id = secrets.token_hex(8)
+        self.issued: str | None = None  # the token this run last handed out
 
     def validate(self) -> None:
         """Raise ConfigurationError naming the missing parameter."""
 
     def get_token(self, force_refresh: bool = False) -> str:
+        """A valid token: the stored one, or a new one requested by exactly one of the runs that need it
+        (the others wait for it). `force_refresh`: the API refused the token this run was given; a newer
+        one another run saved is fine, that one never again."""
+        rejected = self.issued if force_refresh else None
+        self.issued = self._get_token(rejected)
+        return self.issued
+
+    def _get_token(self, rejected: str | None) -> str:
         self.validate()
-        if not force_refresh:
-            token = self.store.valid_access_token()
+        deadline = self.clock.now() + TOKEN_LEASE_SECONDS + TOKEN_LEASE_POLL
+        while self.clock.now() < deadline:
+            context, version = self.store.read()
+            state = self.store.ours(context)
+            token = self.store.valid_access_token(state, rejected)
             if token:
+                REDACT.add(token)
                 return token
-        token, expires_in, refresh_token = self._acquire(force_refresh)
+            if self._leased_by_another_run(state.get("token_lease") or {}):
+                self.clock.sleep(TOKEN_LEASE_POLL)  # another run is asking for the token right now
+                continue
+            claimed = self.store.with_state(context, token_lease={"owner": self.run_id,
+                                                                  "until": self.clock.now() + TOKEN_LEASE_SECONDS})
+            if self.store.write(claimed, version):
+                return self._acquire_and_save(state, rejected)
+        raise AuthError("Another run of this instance is still requesting a token. Try the command again.")
+
+    def _leased_by_another_run(self, lease: dict) -> bool:
+        remaining = float(lease.get("until") or 0) - self.clock.now()
+        # a lease reaching further than any run takes one for comes from a clock far off ours: ignore it
+        return lease.get("owner") not in (None, self.run_id) and 0 < remaining <= TOKEN_LEASE_SECONDS
+
+    def _acquire_and_save(self, state: dict, rejected: str | None) -> str:
+        try:
+            token, expires_in, refresh_token, extra = self._acquire(state, rejected)
+        except BaseException:
+            self.store.update(token_lease=None)
+            raise
         REDACT.add(token, refresh_token)
-        self.store.save_access_token(token, expires_in, refresh_token)
+        self.store.update(**self.store.token_values(token, expires_in, refresh_token), **extra, token_lease=None)
         return token
 
     def reset(self) -> None:
         self.store.clear()
 
-    def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
+    def _acquire(self, state: dict, rejected: str | None) -> tuple[str, int, str | None, dict]:
+        """A new token: (access token, lifetime in seconds, refresh token or None, other state to save)."""
         raise NotImplementedError
 
-    def _http_client(self, timeout: tuple[int, int] = (CONNECT_TIMEOUT, READ_TIMEOUT)) -> MsalHttpClient:
-        return MsalHttpClient(self.session, self.settings.verify, self.settings.proxies, timeout)
+    def _http_client(self, timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT), *,
+                     retry_connection_errors: bool = True) -> MsalHttpClient:
+        return MsalHttpClient(self.session, self.network, timeout, self.clock, retry_connection_errors)
 
-    def _token_from(self, result: dict, what: str) -> tuple[str, int, str | None]:
+    def _token_from(self, result: dict, what: str) -> tuple[str, int, str | None, dict]:
         if "access_token" not in result:
-            raise AuthError(entra_error_message(result, what))
-        return result["access_token"], int(result.get("expires_in") or 3599), result.get("refresh_token")
+            raise AuthError(entra_error_message(result, what, self.credential_type))
+        return result["access_token"], int(result.get("expires_in") or 3599), result.get("refresh_token"), {}
 
 
-MSAL_MINIMUM = "1.32"
-
-
-def require_msal(flow: str) -> None:
-    if msal is None:
-        raise ConfigurationError(f"{flow} needs the Python package msal {MSAL_MINIMUM} or newer, which this docker "
-                                 "image lacks. Choose a docker image that carries msal for the integration, or use "
-                                 "the Cortex XSOAR app flow.")
-
-
-def _require(settings: AuthSettings, **names: str) -> None:
+def _require(settings: Any, **names: str) -> None:
     missing = [label for attr, label in names.items() if not getattr(settings, attr)]
     if missing:
         raise ConfigurationError(f"{settings.flow}: set {', '.join(missing)} in the instance settings.")
@@ -478,58 +744,100 @@ def _require(settings: AuthSettings, **names: str) -> None:
 class MsalConfidentialProvider(TokenProvider):
     """Shared by the two flows of a self-deployed Entra app (client credentials, authorization code)."""
 
-    def __init__(self, settings: AuthSettings, session: requests.Session, store: TokenStore):
-        super().__init__(settings, session, store)
+    settings: ClientCredentialsSettings
+
+    def __init__(self, *args: Any, **kwargs: Any):
+        super().__init__(*args, **kwargs)
         self._app: Any = None  # msal.ConfidentialClientApplication, built on first use
+
+    @property
+    def credential_type(self) -> str:  # type: ignore[override]
+        return CERTIFICATE if self.settings.uses_certificate else SECRET
 
     def validate(self) -> None:
         _require(self.settings, client_id="ID (application/client ID)", tenant_id="Token (tenant ID)")
-        if not self.settings.secret and not (self.settings.thumbprint and self.settings.private_key):
+        if not self.settings.client_secret and not self.settings.uses_certificate:
             raise ConfigurationError(f"{self.settings.flow}: set Key (client secret), or Certificate Thumbprint "
                                      "and Private Key.")
 
     def _credential(self) -> str | dict:
-        if self.settings.thumbprint and self.settings.private_key:
+        if self.settings.uses_certificate:
+            check_private_key(self.settings.private_key)
             return {"private_key": self.settings.private_key, "thumbprint": self.settings.thumbprint}
-        return self.settings.secret
+        return self.settings.client_secret
 
     @property
     def app(self) -> Any:
         # Built lazily: msal fetches the tenant's OpenID configuration when constructed.
         if self._app is None:
-            require_msal(self.flow)
-            try:
-                self._app = msal.ConfidentialClientApplication(
-                    self.settings.client_id, client_credential=self._credential(),
-                    authority=f"{self.settings.cloud.login_host}/{self.settings.tenant_id}",
-                    http_client=self._http_client(), instance_discovery=False)
-            except ValueError as exc:
-                raise AuthError(REDACT(f"Could not use the credentials: {exc}. Check Certificate Thumbprint and "
-                                       "Private Key (PEM).")) from exc
-            except requests.RequestException as exc:
-                raise AuthError(REDACT(f"Could not reach the Microsoft login service at "
-                                       f"{self.settings.cloud.login_host}: {exc}")) from exc
+            module = require_msal(self.flow)
+            authority = f"{self.settings.cloud.login_host}/{self.settings.tenant_id}"
+            self._app = self._call_msal("the sign-in setup", lambda: module.ConfidentialClientApplication(
+                self.settings.client_id, client_credential=self._credential(), authority=authority,
+                http_client=self._http_client(), instance_discovery=False))
         return self._app
+
+    def _call_msal(self, what: str, call: Callable[[], Any]) -> Any:
+        """Runs one msal call; its exceptions become messages that name what to fix."""
+        try:
+            return call()
+        except IntegrationError:
+            raise
+        except requests.RequestException as exc:
+            raise AuthError(f"Could not reach the Microsoft login service at {self.settings.cloud.login_host} "
+                            f"({type(exc).__name__}). Check the network, the proxy settings and the Endpoint "
+                            "Type.") from exc
+        except Exception as exc:  # msal and PyJWT raise ValueError, MsalServiceError, InvalidKeyError, ...
+            raise AuthError(REDACT(self._explain(exc, what))) from exc
+
+    def _explain(self, exc: Exception, what: str) -> str:
+        text = str(exc)
+        status = re.search(r"HTTP Error: (\d{3})", text)
+        if status and status.group(1).startswith("5"):
+            return (f"Microsoft Entra ID failed {what} with HTTP {status.group(1)}, also after "
+                    f"{len(TOKEN_REQUEST_RETRY_DELAYS)} retries. It is a problem on Microsoft's side: try again later.")
+        if "authority configuration" in text or "tenant" in text.lower():
+            return (f"Microsoft Entra ID does not know the tenant '{self.settings.tenant_id}' at "
+                    f"{self.settings.cloud.login_host}. Check Token (the Directory/tenant ID) and the Endpoint Type.")
+        if self.settings.uses_certificate and "key" in text.lower():
+            return (f"Private Key could not be used for {what}: {text} Paste the certificate's PEM private key "
+                    "(-----BEGIN PRIVATE KEY----- ...) into the password field of Certificate Thumbprint / Private Key.")
+        return f"{what.capitalize()} failed: {type(exc).__name__}: {text}"
 
     @property
     def scopes(self) -> list[str]:
         return [self.settings.cloud.scope]
 
 
+def check_private_key(pem: str) -> None:
+    """Fails with a message naming the parameter when the private key is not a usable PEM key."""
+    from cryptography.hazmat.primitives.serialization import load_pem_private_key
+
+    try:
+        load_pem_private_key(pem.encode(), password=None)
+    except (ValueError, TypeError) as exc:
+        reason = "it is encrypted with a passphrase" if "password" in str(exc).lower() else "it is not a PEM key"
+        raise ConfigurationError(f"Private Key cannot be read ({reason}). Paste the certificate's unencrypted PEM "
+                                 "private key (-----BEGIN PRIVATE KEY----- ...) into the password field of "
+                                 "Certificate Thumbprint / Private Key.") from None
+
+
 class ClientCredentialsProvider(MsalConfidentialProvider):
     flow = FLOW_CLIENT_CREDENTIALS
 
-    def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
-        if force_refresh:  # msal would answer from its own in-memory cache
-            for token in list(self.app.token_cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
-                self.app.token_cache.remove_at(token)
-        result = self.app.acquire_token_for_client(scopes=self.scopes)
-        token, expires_in, _ = self._token_from(result, "the client-credentials token request")
-        return token, expires_in, None
+    def _acquire(self, state: dict, rejected: str | None) -> tuple[str, int, str | None, dict]:
+        app = self.app
+        if rejected:  # msal would answer from its own in-memory cache
+            for token in list(app.token_cache.search(msal.TokenCache.CredentialType.ACCESS_TOKEN)):
+                app.token_cache.remove_at(token)
+        result = self._call_msal("the token request", lambda: app.acquire_token_for_client(scopes=self.scopes))
+        token, expires_in, _, _ = self._token_from(result, "the client-credentials token request")
+        return token, expires_in, None, {}
 
 
 class AuthorizationCodeProvider(MsalConfidentialProvider):
     flow = FLOW_AUTH_CODE
+    settings: AuthorizationCodeSettings
 
     def validate(self) -> None:
         super().validate()
@@ -543,23 +851,31 @@ class AuthorizationCodeProvider(MsalConfidentialProvider):
             "response_mode": "query", "scope": f"offline_access {self.settings.cloud.scope}", "state": state})
         return f"{self.settings.cloud.login_host}/{self.settings.tenant_id}/oauth2/v2.0/authorize?{query}"
 
-    def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
-        state = self.store.load()
+    def _acquire(self, state: dict, rejected: str | None) -> tuple[str, int, str | None, dict]:
         refresh_token = state.get("current_refresh_token")
-        if refresh_token:
+        if refresh_token and not self._new_sign_in(state):
             REDACT.add(refresh_token)
-            result = self.app.acquire_token_by_refresh_token(refresh_token, scopes=self.scopes)
+            result = self._redeem_refresh_token(refresh_token)
             latest = self.store.load().get("current_refresh_token")
             if "access_token" not in result and latest and latest != refresh_token:
                 # another run rotated the refresh token after we read it: ours is spent, theirs is good
                 REDACT.add(latest)
-                result = self.app.acquire_token_by_refresh_token(latest, scopes=self.scopes)
+                result = self._redeem_refresh_token(latest)
             return self._token_from(result, "the refresh-token request")
         code = self._authorization_code(state)
-        result = self.app.acquire_token_by_authorization_code(code, scopes=self.scopes,
-                                                              redirect_uri=self.settings.redirect_uri)
-        self.store.update(used_auth_code=_digest(code))
-        return self._token_from(result, "the authorization code")
+        result = self._call_msal("the authorization-code exchange", lambda: self.app.acquire_token_by_authorization_code(
+            code, scopes=self.scopes, redirect_uri=self.settings.redirect_uri))
+        token, expires_in, new_refresh_token, _ = self._token_from(result, "the authorization code")
+        return token, expires_in, new_refresh_token, {"used_auth_code": _digest(code)}
+
+    def _new_sign_in(self, state: dict) -> bool:
+        """A code other than the one that produced the stored refresh token was pasted: the user signed in again."""
+        used = state.get("used_auth_code")
+        return bool(used and self.settings.auth_code and _digest(self.settings.auth_code) != used)
+
+    def _redeem_refresh_token(self, refresh_token: str) -> dict:
+        return self._call_msal("the refresh-token request",
+                               lambda: self.app.acquire_token_by_refresh_token(refresh_token, scopes=self.scopes))
 
     def _authorization_code(self, state: dict) -> str:
         code = self.settings.auth_code
@@ -580,62 +896,59 @@ AUTH_CODE_STEPS = (
     "2. open the URL, sign in and consent; 3. copy the code= value from the address you are redirected to into "
     "the Authorization code parameter and save; 4. run !microsoft-atp-test to verify the connection.")
 
-
-def _digest(text: str) -> str:
-    return hashlib.sha256(text.encode()).hexdigest()[:16]
-
-
 MANAGED_IDENTITY_HINT = ("Azure Managed Identities work only when the integration runs on an Azure resource that "
                          "has a managed identity assigned (for a user-assigned one, set its client ID).")
 
 
 class ManagedIdentityProvider(TokenProvider):
     flow = FLOW_MANAGED_IDENTITY
+    settings: ManagedIdentitySettings
 
-    def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
-        require_msal(self.flow)
-        client_id = self.settings.managed_identity_client_id
-        identity = (msal.UserAssignedManagedIdentity(client_id=client_id) if client_id
-                    else msal.SystemAssignedManagedIdentity())
-        client = msal.ManagedIdentityClient(identity, http_client=self._http_client(MANAGED_IDENTITY_TIMEOUT),
-                                            token_cache=msal.TokenCache())
+    def _acquire(self, state: dict, rejected: str | None) -> tuple[str, int, str | None, dict]:
+        module = require_msal(self.flow)
+        client_id = self.settings.client_id
+        identity = (module.UserAssignedManagedIdentity(client_id=client_id) if client_id
+                    else module.SystemAssignedManagedIdentity())
+        # off Azure the IMDS address does not answer: no retry of connection errors there
+        http_client = self._http_client(MANAGED_IDENTITY_TIMEOUT, retry_connection_errors=False)
+        client = module.ManagedIdentityClient(identity, http_client=http_client, token_cache=module.TokenCache())
         try:
             result = client.acquire_token_for_client(resource=self.settings.cloud.mi_resource)
         except requests.RequestException as exc:
             raise AuthError(f"Could not reach the Azure managed-identity endpoint ({type(exc).__name__}). "
                             + MANAGED_IDENTITY_HINT) from exc
-        except ValueError as exc:  # something that is not IMDS answered (e.g. a proxy's error page)
+        except Exception as exc:  # something that is not IMDS answered (e.g. a proxy's error page)
+            log_debug(f"managed identity: {type(exc).__name__}: {exc}")
             raise AuthError("The Azure managed-identity endpoint did not answer with a token. "
                             + MANAGED_IDENTITY_HINT) from exc
-        token, expires_in, _ = self._token_from(result, "the managed-identity token request")
-        return token, expires_in, None
+        return self._token_from(result, "the managed-identity token request")
 
 
 class XsoarAppProvider(TokenProvider):
     """The Cortex XSOAR app: the oproxy service exchanges our encrypted registration token for a token."""
 
     flow = FLOW_XSOAR_APP
+    settings: XsoarAppSettings
 
     def validate(self) -> None:
-        _require(self.settings, client_id="ID (registration ID from the consent page)",
-                 tenant_id="Token (from the consent page)", secret="Key (from the consent page)")
+        _require(self.settings, registration_id="ID (registration ID from the consent page)",
+                 consent_token="Token (from the consent page)", encryption_key="Key (from the consent page)")
 
-    def _acquire(self, force_refresh: bool) -> tuple[str, int, str | None]:
-        state = self.store.load()
+    def _acquire(self, state: dict, rejected: str | None) -> tuple[str, int, str | None, dict]:
         next_request_time = float(state.get("next_request_time") or 0)
-        if time.time() < next_request_time:
+        if self.clock.now() < next_request_time:
             wait_until = datetime.fromtimestamp(next_request_time, timezone.utc).isoformat(timespec="seconds")
             raise AuthError(f"The last token request to the XSOAR app service failed; the next attempt is delayed "
                             f"until {wait_until} to protect the service.")
-        body = {"app_name": OPROXY_APP_NAME, "registration_id": self.settings.client_id,
+        body = {"app_name": OPROXY_APP_NAME, "registration_id": self.settings.registration_id,
                 "encrypted_token": self._encrypted_token(), "scope": None, "resource": ""}
+        url = self.settings.token_url
         try:
-            response = self.session.post(self.settings.oproxy_url, json=body, verify=self.settings.verify,
-                                         proxies=self.settings.proxies, timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
+            response = self.session.post(url, json=body, verify=self.network.verify, proxies=self.network.proxies,
+                                         timeout=(CONNECT_TIMEOUT, READ_TIMEOUT))
         except requests.RequestException as exc:
             self._back_off(state)
-            raise AuthError(f"Could not reach the XSOAR app token service at {self.settings.oproxy_url}: "
-                            f"{type(exc).__name__}.") from exc
+            raise AuthError(f"Could not reach the XSOAR app token service at {url}: {type(exc).__name__}.") from exc
         if not response.ok:
             self._back_off(state)
             raise AuthError(REDACT(f"The XSOAR app token service refused the request (HTTP {response.status_code}): "
@@ -646,23 +959,25 @@ class XsoarAppProvider(TokenProvider):
             token = payload["access_token"]
         except (ValueError, KeyError) as exc:
             raise AuthError("The XSOAR app token service answered without an access token.") from exc
-        self.store.update(next_request_time=0.0, delay_request_counter=1)
-        return token, int(payload.get("expires_in") or 3595), None
+        return token, int(payload.get("expires_in") or 3595), None, {"next_request_time": 0.0,
+                                                                     "delay_request_counter": 1}
 
     def _encrypted_token(self) -> str:
+        from cryptography.hazmat.primitives.ciphers.aead import AESGCM  # only this flow encrypts
+
         try:
-            key = base64.b64decode(self.settings.secret, validate=True)
+            key = base64.b64decode(self.settings.encryption_key, validate=True)
             aes = AESGCM(key)
         except (binascii.Error, ValueError) as exc:
             raise ConfigurationError("Key is not a valid encryption key from the consent page (expected base64 of a "
                                      "16, 24 or 32 byte key).") from exc
         nonce = os.urandom(12)
-        plaintext = f"{int(time.time())}:{self.settings.tenant_id}".encode()
+        plaintext = f"{int(self.clock.now())}:{self.settings.consent_token}".encode()
         return base64.b64encode(nonce + aes.encrypt(nonce, plaintext, None)).decode()
 
     def _back_off(self, state: dict) -> None:
         counter = min(int(state.get("delay_request_counter") or 1), 6)
-        self.store.update(next_request_time=time.time() + 2 ** counter, delay_request_counter=counter + 1)
+        self.store.update(next_request_time=self.clock.now() + 2 ** counter, delay_request_counter=counter + 1)
 
 
 def _oproxy_error_text(response: requests.Response) -> str:
@@ -686,11 +1001,10 @@ PROVIDERS: dict[str, type[TokenProvider]] = {
 }
 
 
-def build_token_provider(settings: AuthSettings, session: requests.Session) -> TokenProvider:
-    fingerprint = _digest("|".join([settings.flow, settings.client_id, settings.cloud.login_host,
-                                    settings.cloud.scope, settings.managed_identity_client_id,
-                                    _digest(settings.tenant_id)]))
-    return PROVIDERS[settings.flow](settings, session, TokenStore(fingerprint))
+def build_token_provider(settings: AuthSettings, session: requests.Session, network: Network = Network(),
+                         clock: Clock = SYSTEM_CLOCK) -> TokenProvider:
+    store = TokenStore(credential_fingerprint(settings), clock)
+    return PROVIDERS[settings.flow](settings, session, store, network, clock)
 
 
 class BearerAuth(requests.auth.AuthBase):
@@ -698,7 +1012,7 @@ class BearerAuth(requests.auth.AuthBase):
 
     def __init__(self, provider: TokenProvider):
         self.provider = provider
-        self.force_refresh = False
+        self.force_refresh = False  # set by the Client after a 401
 
     def __call__(self, request: requests.PreparedRequest) -> requests.PreparedRequest:
         request.headers["Authorization"] = f"Bearer {self.provider.get_token(force_refresh=self.force_refresh)}"
@@ -942,23 +1256,20 @@ def _display_path(url: str) -> str:
 # ============================================================================================
 
 
-def argToBoolean(value: Any) -> bool:  # noqa: N802 - the platform's name
-    if isinstance(value, bool):
-        return value
-    if str(value).strip().lower() in ("true", "yes", "1"):
-        return True
-    if str(value).strip().lower() in ("false", "no", "0", "", "none"):
-        return False
-    raise ArgumentError(f"'{value}' is not a boolean; use true or false.")
+TRUE_WORDS = ("true", "yes", "1")
+FALSE_WORDS = ("false", "no", "0", "none")
 
 
 def arg_to_bool(value: Any, name: str, default: bool = False) -> bool:
+    """A checkbox or boolean argument; anything but true/false (yes/no, 1/0) is an error naming `name`."""
     if value is None or value == "":
         return default
-    try:
-        return argToBoolean(value)
-    except ArgumentError:
-        raise ArgumentError(f"{name} must be true or false (got '{value}').") from None
+    if isinstance(value, bool):
+        return value
+    text = str(value).strip().lower()
+    if text in TRUE_WORDS or text in FALSE_WORDS or text == "":
+        return text in TRUE_WORDS if text else default
+    raise ArgumentError(f"{name} must be true or false (got '{value}').")
 
 
 def arg_to_int(value: Any, name: str, *, default: int | None = None, minimum: int | None = None,
@@ -3923,8 +4234,9 @@ class Client(Transport, MachinesApi, MachineActionsApi, AlertsApi, Investigation
 def build_client(params: dict, session: requests.Session | None = None, clock: Clock = SYSTEM_CLOCK) -> Client:
     session = session or requests.Session()
     settings = auth_settings_from_params(params)
-    provider = build_token_provider(settings, session)
-    return Client(settings.cloud.api_base, BearerAuth(provider), verify=settings.verify, proxies=settings.proxies,
+    network = Network.from_params(params)
+    provider = build_token_provider(settings, session, network, clock)
+    return Client(settings.cloud.api_base, BearerAuth(provider), verify=network.verify, proxies=network.proxies,
                   session=session, clock=clock)
 
 

@@ -46,7 +46,7 @@ def getLastRun():
 
 
 def setLastRun(obj) -> None:
-    _runtime.current().store.set_last_run(obj)
+    _runtime.current().set_last_run(obj)
 
 
 def incidents(incidents=None) -> None:

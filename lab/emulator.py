@@ -9,6 +9,8 @@ import subprocess
 import sys
 import tempfile
 import time
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -69,8 +71,8 @@ class Emulator:
     # ---- admin API -----------------------------------------------------------------------
 
     def admin(self, method: str, path: str, body: Any = None) -> Any:
-        response = requests.request(method, f"{self.ready['admin_url']}/{path.lstrip('/')}", json=body,
-                                    verify=self.ready["ca_bundle"], timeout=30)
+        url = "/".join(filter(None, (self.ready["admin_url"], path.lstrip("/"))))
+        response = requests.request(method, url, json=body, verify=self.ready["ca_bundle"], timeout=30)
         response.raise_for_status()
         return response.json() if response.content else None
 
@@ -86,6 +88,23 @@ class Emulator:
     def advance_clock(self, seconds: float) -> dict:
         """Move the emulator's clock forward (action lifecycles, token expiry, rate-limit windows follow it)."""
         return self.admin("POST", "clock", {"advance": seconds})
+
+    @contextmanager
+    def frozen_clock(self) -> Iterator[None]:
+        """Inside, the emulator's time passes only through advance_clock(); afterwards it runs again (forward).
+        Nested, only the outermost block thaws it."""
+        if self.admin("GET", "clock")["frozen"]:
+            yield
+            return
+        self.admin("POST", "clock", {"frozen": True})
+        try:
+            yield
+        finally:
+            self.admin("POST", "clock", {"frozen": False})
+
+    def summary(self) -> dict:
+        """How many machines, alerts, actions (all and pending) and investigations the emulator holds."""
+        return self.admin("GET", "")
 
 
 def clean_env(**extra: str) -> dict[str, str]:

@@ -7,6 +7,7 @@ listening, and runs until SIGTERM or SIGINT (then removes the ready file and, if
 from __future__ import annotations
 
 import argparse
+import errno
 import json
 import logging
 import os
@@ -77,7 +78,14 @@ def main(argv: list[str] | None = None) -> int:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    server = EmulatorServer(options).start()
+    try:
+        server = EmulatorServer(options).start()
+    except OSError as e:  # most often: the port is taken
+        taken = e.errno == errno.EADDRINUSE
+        print(f"mde-emulator: cannot listen on 127.0.0.1:{args.port}: "
+              + ("the port is already in use (another mde-emulator?); choose another with --port, or --port 0 "
+                 "for any free port" if taken else (e.strerror or str(e))), file=sys.stderr)
+        return 1
     try:
         if args.ready_file:
             write_ready_file(args.ready_file, server.info)

@@ -104,16 +104,21 @@ def get_clock(request: Request) -> Response:
     return _json(request.emu.clock.snapshot())
 
 
-def advance_clock(request: Request) -> Response:
-    """{"advance": seconds}: move the emulator's clock forward and let pending actions catch up."""
+def set_clock(request: Request) -> Response:
+    """{"advance": seconds} moves the emulator's clock forward (pending actions catch up); {"frozen": true|false}
+    stops it or lets it run again; both may be given."""
     body = _body(request)
-    unknown = set(body) - {"advance"}
-    if unknown or "advance" not in body:
-        raise ApiError(400, "BadRequest", 'body must be {"advance": seconds}')
-    try:
-        request.emu.clock.advance(body["advance"])
-    except ValueError as exc:
-        raise ApiError(400, "BadRequest", str(exc)) from None
+    if not body or set(body) - {"advance", "frozen"}:
+        raise ApiError(400, "BadRequest", 'body must be {"advance": seconds} and/or {"frozen": true|false}')
+    if "frozen" in body and not isinstance(body["frozen"], bool):
+        raise ApiError(400, "BadRequest", "frozen must be true or false")
+    if "advance" in body:
+        try:
+            request.emu.clock.advance(body["advance"])  # checked before freezing: a bad body changes nothing
+        except ValueError as exc:
+            raise ApiError(400, "BadRequest", str(exc)) from None
+    if "frozen" in body:
+        request.emu.clock.freeze(body["frozen"])
     api_actions.advance_actions(request.emu)
     return _json(request.emu.clock.snapshot())
 
@@ -143,7 +148,7 @@ ROUTES = [
     Route("POST", "/admin/alerts/generate", generate_alerts),
     Route("GET", "/admin/machines/{id}", machine_state),
     Route("GET", "/admin/clock", get_clock),
-    Route("POST", "/admin/clock", advance_clock),
+    Route("POST", "/admin/clock", set_clock),
 ]
 
 

@@ -145,7 +145,8 @@ def machine_action(request: Request) -> Response:
             other = store.actions_by_id[action_id]
             if other["machineId"] == machine["id"] and other["type"] == kind.type:
                 raise ApiError(400, "ActiveRequestAlreadyExists", "Action is already in progress")
-        now = emu.clock.utcnow()
+        start = emu.clock.now()  # kept exact: on a frozen clock, advancing by the delay ends the action
+        now = dt.datetime.fromtimestamp(start, dt.timezone.utc)
         action = {
             "id": store.new_guid(), "type": kind.type, "title": None, "requestor": request.requestor,
             "requestorComment": body["Comment"], "status": "Pending", "machineId": machine["id"],
@@ -156,7 +157,7 @@ def machine_action(request: Request) -> Response:
             "troubleshootInfo": None,
         }
         faults = emu.faults
-        store.add_action(action, plan={"start": now.timestamp(), "delay": float(faults.action_delay),
+        store.add_action(action, plan={"start": start, "delay": float(faults.action_delay),
                                        "outcome": faults.action_outcome})
         return entity(request, "MachineActions", dict(action), status=kind.status_code)
 

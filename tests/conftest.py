@@ -5,7 +5,9 @@ from __future__ import annotations
 import base64
 import json
 import time
+from collections.abc import Callable
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import pytest
@@ -92,6 +94,8 @@ class Xsoar:
     def __init__(self, monkeypatch: pytest.MonkeyPatch, tmp_path):
         self.monkeypatch = monkeypatch
         self.context: dict = {}
+        self.context_version = 0
+        self.before_context_write: Callable[[], None] | None = None  # e.g. another run writing first
         self.last_run: dict = {}
         self.params: dict = client_credentials_params()
         self.clock = FakeClock()
@@ -110,6 +114,8 @@ class Xsoar:
         mp.setattr(demistomock, "results", lambda entry: run.results.append(entry))
         mp.setattr(demistomock, "getIntegrationContext", lambda: json.loads(json.dumps(self.context)))
         mp.setattr(demistomock, "setIntegrationContext", self._set_context)
+        mp.setattr(demistomock, "getIntegrationContextVersioned", self._get_context_versioned)
+        mp.setattr(demistomock, "setIntegrationContextVersioned", self._set_context_versioned)
         mp.setattr(demistomock, "getLastRun", lambda: json.loads(json.dumps(self.last_run)))
         mp.setattr(demistomock, "setLastRun", self._set_last_run)
         mp.setattr(demistomock, "incidents", lambda incidents: run.incidents.extend(incidents))
@@ -122,6 +128,18 @@ class Xsoar:
 
     def _set_context(self, context: dict) -> None:
         self.context = json.loads(json.dumps(context))
+        self.context_version += 1
+
+    def _get_context_versioned(self, refresh: bool = False) -> dict:
+        return {"context": json.loads(json.dumps(self.context)), "version": self.context_version}
+
+    def _set_context_versioned(self, context: dict, version: int = -1, sync: bool = False) -> None:
+        if self.before_context_write:
+            hook, self.before_context_write = self.before_context_write, None
+            hook()
+        if version != -1 and version != self.context_version:
+            raise ValueError(f"version {version} is stale (stored {self.context_version})")
+        self._set_context(context)
 
     def _set_last_run(self, last_run: dict) -> None:
         self.last_run = json.loads(json.dumps(last_run))
@@ -159,6 +177,7 @@ def entra(requests_mock):
 # Every output path the yml declares must be produced by at least one test run through main();
 # checked at the end of a full run (see pytest_sessionfinish).
 
+TESTS_DIR = Path(__file__).resolve().parent
 PRODUCED_PATHS: set[str] = set()
 
 
@@ -200,21 +219,40 @@ def declared_output_paths() -> dict[str, set[str]]:
             for c in doc["script"]["commands"]}
 
 
+DESELECTED: list = []  # items -k, -m, --deselect or --lf left out of this run
+
+
+def pytest_deselected(items) -> None:
+    DESELECTED.extend(items)
+
+
+def is_full_run(*, collect_only: bool, args: list[str], deselected: int, collected_files: set[Path],
+                test_files: set[Path]) -> bool:
+    """A run of every test: every test file collected, none narrowed to node ids (`file.py::test`), nothing
+    deselected (-k, -m, --deselect, --lf), and not --collect-only."""
+    return (not collect_only and deselected == 0 and not any("::" in arg for arg in args)
+            and collected_files == test_files)
+
+
 def pytest_sessionfinish(session, exitstatus):
-    # Only meaningful when every unit test ran (a plain `pytest` or `make test`).
-    if session.config.option.keyword or session.config.option.markexpr or exitstatus != 0:
+    """Fails a full, passing run when a declared output path is produced by no test (other runs are not checked:
+    a subset cannot produce every path)."""
+    config = session.config
+    if exitstatus != 0 or not is_full_run(collect_only=config.option.collectonly, args=config.args,
+                                          deselected=len(DESELECTED),
+                                          collected_files={p.resolve() for p in {i.path for i in session.items}},
+                                          test_files=set(TESTS_DIR.glob("test_*.py"))):
         return
-    collected = {item.path.name for item in session.items}
-    if "test_contract.py" not in collected or len(collected) < 5:
-        return
-    missing = sorted({f"{name}: {path}" for name, paths in declared_output_paths().items()
-                      for path in paths - PRODUCED_PATHS})
+    declared = declared_output_paths()
+    missing = sorted({f"{name}: {path}" for name, paths in declared.items() for path in paths - PRODUCED_PATHS})
+    reporter = config.pluginmanager.get_plugin("terminalreporter")
     if missing:
-        reporter = session.config.pluginmanager.get_plugin("terminalreporter")
         reporter.write_line(f"{len(missing)} declared output paths are produced by no test:", red=True)
         for line in missing:
             reporter.write_line(f"  {line}")
         session.exitstatus = 1
+    else:
+        reporter.write_line(f"full run: all {len(set().union(*declared.values()))} declared output paths produced")
 
 
 # ---- end-to-end: one emulator per test session ------------------------------------------------------

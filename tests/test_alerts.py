@@ -163,8 +163,7 @@ def test_list_alerts_accepts_a_relative_creation_time(xsoar, requests_mock):
 
     literal = query(route.last_request)["$filter"][0].removeprefix("alertCreationTime ge ")
     sent = mde.parse_iso_datetime(literal)
-    expected = dt.datetime.now(dt.timezone.utc) - dt.timedelta(days=3)
-    assert abs((sent - expected).total_seconds()) < 60
+    assert sent == xsoar.clock.utcnow() - dt.timedelta(days=3)  # the plugin's clock, not the wall clock
     assert run.context == {}
     assert "No entries" in run.entry["HumanReadable"]
 

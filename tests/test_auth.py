@@ -5,7 +5,7 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import json
-import time
+import sys
 from urllib.parse import parse_qs, urlparse
 
 import jwt
@@ -84,15 +84,14 @@ def test_custom_endpoint_without_url_names_the_parameter(xsoar):
     assert "Server URL" in run.error
 
 
-def test_token_is_reused_across_runs_until_it_expires(xsoar, requests_mock, monkeypatch):
+def test_token_is_reused_across_runs_until_it_expires(xsoar, requests_mock):
     token_endpoint = mock_entra(requests_mock, expires_in=3599)
     requests_mock.get(f"{API}/alerts", json={"value": []})
     for _ in range(3):
         assert xsoar.run("microsoft-atp-test").errors == []
     assert token_endpoint.call_count == 1
 
-    later = time.time() + 3600
-    monkeypatch.setattr(mde.time, "time", lambda: later)
+    xsoar.clock.advance(3600)
     assert xsoar.run("microsoft-atp-test").errors == []
     assert token_endpoint.call_count == 2
 
@@ -242,7 +241,7 @@ def test_login_url_is_encoded_and_carries_state(xsoar):
     assert f"[login URL]({url})" in run.entry["HumanReadable"]
 
 
-def test_code_is_exchanged_once_and_refresh_tokens_rotate(xsoar, requests_mock, monkeypatch):
+def test_code_is_exchanged_once_and_refresh_tokens_rotate(xsoar, requests_mock):
     token_endpoint = mock_entra(requests_mock)
     requests_mock.post(f"{LOGIN}/{TENANT}/oauth2/v2.0/token", [
         {"json": {"access_token": make_jwt({"n": 1}), "refresh_token": "rt-one-0123456789", "expires_in": 3599}},
@@ -260,8 +259,7 @@ def test_code_is_exchanged_once_and_refresh_tokens_rotate(xsoar, requests_mock, 
     assert first["redirect_uri"] == REDIRECT
     assert xsoar.context["current_refresh_token"] == "rt-one-0123456789"
 
-    later = time.time() + 7200
-    monkeypatch.setattr(mde.time, "time", lambda: later)
+    xsoar.clock.advance(7200)
     assert xsoar.run("microsoft-atp-test", params=params).errors == []
     posts = [r for r in requests_mock.request_history if r.method == "POST"]
     second = form(posts[1])
@@ -377,13 +375,13 @@ def test_oproxy_request_format(xsoar, requests_mock):
     assert body["app_name"] == "ms-defender-atp" and body["registration_id"] == "reg-123"
     timestamp, token = decrypt_oproxy_token(body["encrypted_token"]).split(":", 1)
     assert token == OPROXY_TOKEN
-    assert abs(int(timestamp) - time.time()) < 60
+    assert int(timestamp) == int(xsoar.clock.time)
 
 
 def test_oproxy_registration_id_with_url_override(xsoar, requests_mock):
     oproxy = requests_mock.post("https://proxy.example.test/obtain-token", json={"access_token": make_jwt()})
     requests_mock.get(f"{API}/alerts", json={"value": []})
-    assert xsoar.run("test-module", params=oproxy_params("reg-9@https://proxy.example.test/obtain-token")).results
+    assert xsoar.run("test-module", params=oproxy_params("reg-9@https://proxy.example.test/obtain-token")).results == ["ok"]
     assert oproxy.last_request.json()["registration_id"] == "reg-9"
 
 
@@ -391,7 +389,7 @@ def test_oproxy_failure_backs_off_and_hides_the_key(xsoar, requests_mock):
     requests_mock.post(mde.OPROXY_URL, status_code=400, json={"title": "Bad request", "detail": "wrong key"})
     run = xsoar.run("microsoft-atp-test", params=oproxy_params())
     assert "Bad request. wrong key" in run.error
-    assert xsoar.context["next_request_time"] > time.time()
+    assert xsoar.context["next_request_time"] == xsoar.clock.time + 2
     assert_no_secret(run, ENC_KEY, OPROXY_TOKEN)
     assert "delayed until" in xsoar.run("microsoft-atp-test", params=oproxy_params()).error
 
@@ -501,7 +499,8 @@ def test_test_module_checks_fetch_settings_when_fetching(xsoar, requests_mock):
 
 
 def test_a_docker_image_without_msal_gets_a_clear_error(xsoar, requests_mock, monkeypatch):
-    monkeypatch.setattr(mde, "msal", None)
+    monkeypatch.setattr(mde, "msal", None)  # not imported yet ...
+    monkeypatch.setitem(sys.modules, "msal", None)  # ... and `import msal` fails, as in an image without it
     assert "needs the Python package msal" in xsoar.run("microsoft-atp-test").error
     assert "needs the Python package msal" in xsoar.run(
         "microsoft-atp-test", params={"auth_flow": "Azure Managed Identities"}).error

@@ -1,16 +1,21 @@
 """The `mde` CLI against a fake integration: argument checks, entries, polling, files, fetch, state."""
 
 import json
+import os
+import signal
 import stat
 import subprocess
 import sys
 from pathlib import Path
 
 import pytest
+import yaml
 
 from xsoar_local import cli
+from xsoar_local.render import render_table
 
 FAKE_YML = Path(__file__).parent / "fake_integration" / "FakeIntegration.yml"
+REPO = Path(__file__).parent.parent
 
 
 class FakeClock:
@@ -140,12 +145,21 @@ def test_state_persists_between_runs_in_private_files(env, capsys):
 def test_polling_is_followed_until_done(env, capsys):
     clock = FakeClock()
     code, out, err = mde(env, capsys, "fake-poll", "action_id=a1", clock=clock)
-    assert code == 0 and clock.sleeps == [10, 10]
-    lines = out.splitlines()
-    assert lines[:4] == ["Action a1 is Pending", "Action a1 is Pending", "Action a1 is Succeeded", "=" * 22]
-    assert "round 3" in out
-    assert err.splitlines() == ["fake-poll: Action a1 is Pending · elapsed 0s / timeout 60s",
-                                "fake-poll: Action a1 is Pending · elapsed 10s / timeout 60s"]
+    assert (code, err) == (0, "") and clock.sleeps == [10, 10]
+    assert out.splitlines()[:4] == [
+        "[round 1 · 0 of 60 s · next check in 10 s] Action a1 is Pending, round 1",
+        "[round 2 · 10 of 60 s · next check in 10 s] Action a1 is Pending, round 2",
+        "Action a1", "========="]
+    assert "Action a1 is Succeeded, round 3" in out
+
+
+def test_polling_states_the_interval_it_really_waits(env, capsys):
+    clock = FakeClock()
+    code, out, err = mde(env, capsys, "fake-poll", "action_id=a1", "rounds=2", "--poll-interval-override", "1",
+                         "--json", clock=clock)
+    assert code == 0 and clock.sleeps == [1]
+    assert err.splitlines() == ["[round 1 · 0 of 60 s · next check in 1 s] Action a1 is Pending, round 1"]
+    assert json.loads(out) == {"Fake.Action": [{"ID": "a1", "Status": "Succeeded"}]}
 
 
 def test_polling_json_merges_rounds_by_the_context_rule(env, capsys):
@@ -160,6 +174,28 @@ def test_polling_times_out(env, capsys):
     assert code == 1
     assert err.splitlines()[-1] == "error: timed out after 60 s waiting for fake-poll"
     assert sum(clock.sleeps) == 60
+
+
+@pytest.mark.parametrize(("scale", "waits"), [("", [10.0]), ("1", [10.0]), ("0.25", [2.5]), ("0", [])])
+def test_poll_wait_is_scaled_by_the_environment(monkeypatch, scale, waits):
+    monkeypatch.setenv(cli.POLL_WAIT_SCALE_ENV, scale)
+    slept = []
+    cli.poll_wait(10, sleep=slept.append)
+    assert slept == waits
+
+
+def test_polling_runs_rounds_back_to_back_when_the_wait_scale_is_zero(env, capsys, monkeypatch):
+    monkeypatch.setenv(cli.POLL_WAIT_SCALE_ENV, "0")
+    base = ["--integration", str(FAKE_YML), "--state-dir", str(env / "state"), "--instance", str(env / "tenant.yml")]
+    assert cli.main([*base, "fake-poll", "action_id=a1"], clock=FakeClock()) == 0  # the real sleep, never called
+    assert "Action a1 is Succeeded" in capsys.readouterr().out
+
+
+@pytest.mark.parametrize("scale", ["fast", "-1", "nan", "inf"])
+def test_a_bad_poll_wait_scale_is_named(monkeypatch, scale):
+    monkeypatch.setenv(cli.POLL_WAIT_SCALE_ENV, scale)
+    with pytest.raises(ValueError, match=f"MDE_POLL_WAIT_SCALE must be a number of 0 or more \\(got '{scale}'\\)"):
+        cli.poll_wait(10, sleep=lambda seconds: None)
 
 
 def test_fetch_prints_incidents_and_saves_the_cursor(env, capsys):
@@ -177,7 +213,7 @@ def test_fetch_prints_incidents_and_saves_the_cursor(env, capsys):
 def test_commands_lists_arguments_without_an_instance(env, capsys):
     code, out, _ = mde(env, capsys, "commands", instance=False)
     assert code == 0
-    assert "fake-echo  Echoes a message." in out
+    assert "fake-echo\n    Echoes a message. Second sentence.\n" in out
     assert "    message*  The message to echo. [may be given without name=]" in out
     assert "    colors    Several colors. [one of red, green, blue (comma-separated list)]" in out
     assert "    limit     How many. [default 50]" in out
@@ -191,8 +227,7 @@ def test_commands_name_shows_arguments_and_outputs(env, capsys):
 
 
 def test_help_has_examples(capsys):
-    with pytest.raises(SystemExit):
-        cli.main(["--help"])
+    assert cli.main(["--help"]) == 0
     out = capsys.readouterr().out
     for example in ("mde --instance instances/client-credentials.yml test-module",
                     "mde --instance X microsoft-atp-get-machines hostname=desktop- --json",
@@ -210,3 +245,202 @@ def test_merge_context_keeps_distinct_objects():
     entries = [{"EntryContext": {"M(val.ID == obj.ID)": {"ID": 1, "S": "a"}, "Plain": 1}},
                {"EntryContext": {"M(val.ID == obj.ID)": [{"ID": 2}, {"ID": 1, "S": "b"}], "Plain": 2}}]
     assert cli.merge_context(entries) == {"M": [{"ID": 1, "S": "b"}, {"ID": 2}], "Plain": [1, 2]}
+
+
+# ---------------------------------------------------------------- tables
+
+def test_table_never_wraps_identifiers_and_shortens_free_text():
+    machine_id = "4899036531e3a6b3b3c07d7b69a6e6b3f7f3c5a1"
+    rows = [["ID", "Name", "Comment"],
+            [machine_id, "desktop-1", "a long free text comment that cannot fit in the little room left"]]
+    lines = render_table(rows, 70)
+    assert all(len(line) <= 70 for line in lines)
+    assert len(lines) == 3  # header, rule, one line per row: nothing wrapped
+    assert lines[2].startswith(f"{machine_id}  desktop-1  a long free")
+    assert lines[2].endswith("…")
+
+
+def test_table_leaves_out_columns_that_cannot_fit_and_says_which():
+    ids = ["4899036531e3a6b3b3c07d7b69a6e6b3f7f3c5a1", "7d1f2b4e-9c3a-4e5f-8a6b-1c2d3e4f5a6b", "0" * 64]
+    lines = render_table([["Machine", "Action", "SHA256"], ids], 90)
+    assert lines[2].split() == ids[:2]
+    assert lines[-1] == "(1 more column(s) not shown: SHA256; widen the terminal or use --json)"
+
+
+def test_table_keeps_line_breaks_inside_a_cell():
+    lines = render_table([["IDs", "Note"], ["a1\na2", "x"]], 40)
+    assert lines[2:] == ["a1   x", "a2"]
+
+
+# ---------------------------------------------------------------- help and commands
+
+def test_command_help_shows_its_arguments_from_the_yml(env, capsys):
+    code, out, err = mde(env, capsys, "fake-echo", "--help", instance=False)
+    assert (code, err) == (0, "")
+    assert out.startswith("fake-echo\n    Echoes a message. Second sentence.\n\nusage: mde --instance FILE fake-echo "
+                          "message=VALUE [name=value ...]\n")
+    assert "  message (required)\n      The message to echo.\n      may be given without name=\n" in out
+    assert "  colors\n      Several colors.\n      one of red, green, blue (comma-separated list)\n" in out
+    assert "  limit\n      How many.\n      default 50\n" in out
+    assert mde(env, capsys, "fetch", "-h", instance=False)[1].startswith("fetch-incidents\n")
+
+
+def test_help_of_an_unknown_command_is_a_usage_error(env, capsys):
+    code, out, err = mde(env, capsys, "fake-ecko", "--help", instance=False)
+    assert (code, out) == (2, "") and "did you mean fake-echo" in err
+
+
+@pytest.fixture
+def fake_copy(tmp_path):
+    """The fake integration copied, so a test may edit it or put a contract beside it."""
+    directory = tmp_path / "integration"
+    directory.mkdir()
+    for source in FAKE_YML.parent.iterdir():
+        if source.suffix in (".yml", ".py"):
+            (directory / source.name).write_text(source.read_text())
+    return directory / FAKE_YML.name
+
+
+def test_a_command_of_the_original_integration_is_named_as_not_implemented(env, capsys, fake_copy):
+    (fake_copy.parent / "test_data").mkdir()
+    (fake_copy.parent / "test_data" / "contract_commands.json").write_text(json.dumps(
+        {"commands": [{"name": "fake-echo"}, {"name": "fake-echoes-twice"}]}))
+    code, out, err = cli.main(["--integration", str(fake_copy), "--state-dir", str(env / "state"),
+                               "fake-echoes-twice"]), *capsys.readouterr()
+    assert (code, out) == (2, "")
+    assert err == ("error: 'fake-echoes-twice' is a command of the original Fake Integration integration that this "
+                   "integration does not implement yet; see `mde commands` for what it has\n")
+
+
+def test_deprecated_command_names_its_replacement(env, capsys, fake_copy):
+    document = yaml.safe_load(fake_copy.read_text())
+    document["script"]["commands"].append({"name": "fake-old-echo", "deprecated": True, "arguments": [],
+                                           "description": "Deprecated. Use fake-echo instead, e.g. fake-echo hi."})
+    fake_copy.write_text(yaml.safe_dump(document))
+    assert cli.main(["--integration", str(fake_copy), "--state-dir", str(env / "state"), "commands"]) == 0
+    out = capsys.readouterr().out
+    assert "fake-old-echo (deprecated; use fake-echo instead)\n    Deprecated. Use fake-echo instead, e.g. fake-echo " \
+           "hi.\n" in out
+
+
+def test_first_sentence_is_not_cut_at_an_abbreviation():
+    assert cli.first_sentence("Filter, e.g. by name. More.") == "Filter, e.g. by name."
+
+
+# ---------------------------------------------------------------- output modes
+
+def test_yaml_output_is_the_merged_context(env, capsys):
+    code, out, _ = mde(env, capsys, "fake-echo", "hi", "--output", "yaml")
+    assert code == 0
+    assert yaml.safe_load(out) == {"Fake.Echo": {"ID": "e1", "Message": "hi", "Limit": "50", "Color": None}}
+
+
+def test_writing_to_a_closed_pipe_exits_quietly(env):
+    read_end, write_end = os.pipe()
+    os.close(read_end)  # the reader is gone before the first byte: like `mde ... | head -0`
+    try:
+        result = subprocess.run([sys.executable, "-m", "xsoar_local.cli", "--integration", str(FAKE_YML),
+                                 "--state-dir", str(env / "state"), "commands"],
+                                stdout=write_end, stderr=subprocess.PIPE, text=True, timeout=60, cwd=REPO)
+    finally:
+        os.close(write_end)
+    assert (result.returncode, result.stderr) == (cli.EXIT_BROKEN_PIPE, "")
+
+
+# ---------------------------------------------------------------- Ctrl-C while polling
+
+def test_ctrl_c_while_polling_names_the_pending_actions(env, capsys):
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    clock = FakeClock()
+    clock.sleep = interrupt
+    code, out, err = mde(env, capsys, "fake-poll", "action_id=a1", clock=clock)
+    assert code == cli.EXIT_INTERRUPTED
+    assert out.startswith("[round 1 · 0 of 60 s · next check in 10 s] Action a1 is Pending, round 1")
+    assert err.splitlines()[1:] == [
+        "interrupted: stopped waiting; what the command already requested goes on without the CLI.",
+        "pending action ids: a1"]
+
+
+def test_ctrl_c_hint_names_the_commands_to_check_and_cancel(env, capsys, fake_copy):
+    document = yaml.safe_load(fake_copy.read_text())
+    document["script"]["commands"] += [{"name": cli.CHECK_ACTIONS_COMMAND, "arguments": []},
+                                       {"name": cli.CANCEL_ACTION_COMMAND, "arguments": []}]
+    fake_copy.write_text(yaml.safe_dump(document))
+
+    def interrupt(seconds):
+        raise KeyboardInterrupt
+
+    code = cli.main(["--integration", str(fake_copy), "--state-dir", str(env / "state"), "--instance",
+                     str(env / "tenant.yml"), "fake-poll", "action_id=a1"], sleep=interrupt, clock=FakeClock())
+    err = capsys.readouterr().err
+    assert code == 130
+    assert f"  check them:  mde --instance {env / 'tenant.yml'} {cli.CHECK_ACTIONS_COMMAND} id=a1" in err
+    assert f"  cancel it:   mde --instance {env / 'tenant.yml'} {cli.CANCEL_ACTION_COMMAND} action_id=a1" in err
+
+
+def test_sigint_to_a_polling_cli_exits_130_without_a_traceback(env):
+    argv = [sys.executable, "-m", "xsoar_local.cli", "--integration", str(FAKE_YML), "--state-dir",
+            str(env / "state"), "--instance", str(env / "tenant.yml"), "fake-poll", "action_id=a1", "rounds=100"]
+    # A terminal's Ctrl-C: SIGINT with its default disposition (a background parent may have ignored it).
+    environment = {k: v for k, v in os.environ.items() if k != "MDE_POLL_WAIT_SCALE"}  # it must really wait
+    process = subprocess.Popen(argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, cwd=REPO,
+                               env=environment, preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    try:
+        first = process.stdout.readline()  # printed (and flushed) just before the CLI sleeps until round 2
+        process.send_signal(signal.SIGINT)
+        out, err = process.communicate(timeout=60)
+    finally:
+        process.kill()
+    assert first.startswith("[round 1 · 0 of 60 s · next check in 10 s] Action a1 is Pending, round 1")
+    assert process.returncode == 130
+    assert "Traceback" not in err and "pending action ids: a1" in err
+
+
+# ---------------------------------------------------------------- caches
+
+def test_plugin_and_yml_caches_follow_their_sources(env, capsys, fake_copy):
+    base = ["--integration", str(fake_copy), "--state-dir", str(env / "state"), "--instance", str(env / "tenant.yml")]
+    assert cli.main([*base, "fake-echo", "hi"]) == 0
+    cache = env / "state" / ".cache"
+    kinds = ["FakeIntegration.code", "instance-tenant.json", "integration-FakeIntegration.json"]
+    assert sorted(cache_kinds(cache)) == kinds
+    script = fake_copy.with_suffix(".py")
+    script.write_text(script.read_text().replace('### Echo', '### Echo changed'))
+    document = yaml.safe_load(fake_copy.read_text())
+    document["script"]["commands"][0]["description"] = "Echoes, edited."
+    fake_copy.write_text(yaml.safe_dump(document))
+    capsys.readouterr()
+    assert cli.main([*base, "fake-echo", "hi"]) == 0
+    assert capsys.readouterr().out.startswith("Echo changed\n")
+    assert cli.main([*base, "fake-echo", "--help"]) == 0
+    assert "Echoes, edited." in capsys.readouterr().out
+    assert sorted(cache_kinds(cache)) == kinds  # the entries of the old sources are gone
+
+
+def cache_kinds(cache: Path) -> list[str]:
+    return [p.name.rsplit("-", 1)[0] + p.suffix for p in cache.iterdir()]
+
+
+def test_a_damaged_cache_entry_is_rebuilt(env, capsys, fake_copy):
+    base = ["--integration", str(fake_copy), "--state-dir", str(env / "state"), "--instance", str(env / "tenant.yml")]
+    assert cli.main([*base, "fake-echo", "hi"]) == 0
+    for entry in (env / "state" / ".cache").iterdir():
+        entry.write_bytes(b"\x00garbage")
+    capsys.readouterr()
+    assert cli.main([*base, "fake-echo", "hi"]) == 0
+    assert capsys.readouterr().out.startswith("Echo\n")
+
+
+def test_a_polling_round_keeps_its_table_and_states_the_real_wait():
+    text = ("### Requested\n| ID |\n| --- |\n| a1 |\n\nWaiting for 1 action. Checking again in 10 s.")
+    rest, status = cli.split_status(cli.PLUGIN_NEXT_CHECK.sub("", text))
+    assert status == "Waiting for 1 action."
+    assert rest == "### Requested\n| ID |\n| --- |\n| a1 |"
+
+
+def test_pending_action_ids_leave_out_actions_already_final():
+    poll = {"PollingArgs": {"action_ids": "a1,a2,a3", "polling_started": "5", "comment": "x"}}
+    context = {"MicrosoftATP.MachineAction": [{"ID": "a1", "Status": "Succeeded"}, {"ID": "a2", "Status": "Pending"}]}
+    assert cli.pending_action_ids(poll, context) == ["a2", "a3"]

@@ -66,11 +66,13 @@ def test_429_without_header_reads_the_seconds_from_the_message(client, requests_
 
 
 def test_429_storm_gives_up_after_the_wait_budget(client, requests_mock, sleeps):
-    requests_mock.get(f"{API}/alerts", status_code=429, headers={"Retry-After": "50"},
-                      json={"error": {"code": "TooManyRequests", "message": "quota", "target": "corr-9"}})
+    route = requests_mock.get(f"{API}/alerts", status_code=429, headers={"Retry-After": "50"},
+                              json={"error": {"code": "TooManyRequests", "message": "quota", "target": "corr-9"}})
     with pytest.raises(mde.ApiError) as error:
         client.request("GET", "alerts")
-    assert sum(sleeps) <= mde.MAX_RATE_LIMIT_WAIT
+    assert mde.MAX_RATE_LIMIT_WAIT == 120
+    assert sleeps == [50.0, 50.0]  # a third wait would pass the 120-second budget: it gives up instead
+    assert route.call_count == 3
     assert "HTTP 429" in str(error.value) and "corr-9" in str(error.value)
 
 

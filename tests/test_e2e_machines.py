@@ -6,10 +6,16 @@ import json
 import zipfile
 
 import pytest
-from e2e import api_requests
+from e2e import action_delay, actions_requested, api_requests, run_advancing_clock
 
 pytestmark = pytest.mark.e2e
-FAST_POLLING = ("--poll-interval-override", "0.5")
+
+
+def run_action(lab, command: str, *args: str, options: tuple[str, ...] = ()):
+    """An action command that polls until its action is final: the action's time passes on the emulator's clock
+    once the action exists."""
+    return run_advancing_clock(lab, lab.instances["client-credentials"], command, *args, options=options,
+                               when=actions_requested(lab), seconds=action_delay(lab))
 
 
 def context(result) -> dict:
@@ -48,17 +54,15 @@ def windows_machine(lab):
 
 
 def test_isolate_polls_until_succeeded_then_release(lab, windows_machine):
-    instance = lab.instances["client-credentials"]
     machine_id = windows_machine["ID"]
-    isolated = lab.mde.run(instance, "microsoft-atp-isolate-machine", f"machine_id={machine_id}",
-                           "comment=e2e containment", "isolation_type=Full", options=(*FAST_POLLING, "--json"))
+    isolated = run_action(lab, "microsoft-atp-isolate-machine", f"machine_id={machine_id}",
+                          "comment=e2e containment", "isolation_type=Full", options=("--json",))
     final = actions_in(context(isolated))
     assert [a["Status"] for a in final if a["MachineID"] == machine_id][-1] == "Succeeded"
     assert lab.emulator.admin("GET", f"machines/{machine_id}")["state"]["isolation"] == "Isolated"
     assert endpoint(lab, machine_id)["IsIsolated"] is True
 
-    released = lab.mde.run(instance, "microsoft-atp-unisolate-machine", f"machine_id={machine_id}",
-                           "comment=e2e release", options=FAST_POLLING)
+    released = run_action(lab, "microsoft-atp-unisolate-machine", f"machine_id={machine_id}", "comment=e2e release")
     assert released.returncode == 0, released.stderr
     assert "Succeeded" in released.stdout
     assert lab.emulator.admin("GET", f"machines/{machine_id}")["state"]["isolation"] == "NotIsolated"
@@ -68,26 +72,28 @@ def test_isolate_polls_until_succeeded_then_release(lab, windows_machine):
 def test_an_action_already_pending_is_reused_not_duplicated(lab, windows_machine):
     instance = lab.instances["client-credentials"]
     args = (f"machine_id={windows_machine['ID']}", "comment=e2e scan", "scan_type=Quick", "polling=false")
-    first = actions_in(context(lab.mde.run(instance, "microsoft-atp-run-antivirus-scan", *args, options=("--json",))))
-    again = actions_in(context(lab.mde.run(instance, "microsoft-atp-run-antivirus-scan", *args, options=("--json",))))
+    with lab.emulator.frozen_clock():  # the first scan stays pending however long the second run takes to start
+        first = actions_in(context(lab.mde.run(instance, "microsoft-atp-run-antivirus-scan", *args,
+                                               options=("--json",))))
+        again = actions_in(context(lab.mde.run(instance, "microsoft-atp-run-antivirus-scan", *args,
+                                               options=("--json",))))
+        lab.emulator.advance_clock(action_delay(lab))  # no action left pending for the next tests
     assert again[0]["ID"] == first[0]["ID"]
     assert again[0].get("PreExisting") is True
 
 
 def test_quarantine_a_file_with_polling(lab, windows_machine):
     sha1 = "a" * 40
-    result = lab.mde.run(lab.instances["client-credentials"], "microsoft-atp-stop-and-quarantine-file",
-                         f"machine_id={windows_machine['ID']}", f"file_hash={sha1}", "comment=e2e quarantine",
-                         "polling=true", options=(*FAST_POLLING, "--json"))
+    result = run_action(lab, "microsoft-atp-stop-and-quarantine-file", f"machine_id={windows_machine['ID']}",
+                        f"file_hash={sha1}", "comment=e2e quarantine", "polling=true", options=("--json",))
     actions = actions_in(context(result))
     assert actions[-1]["Type"] == "StopAndQuarantineFile" and actions[-1]["Status"] == "Succeeded"
     assert actions[-1]["RelatedFileInfo"]["FileIdentifier"] == sha1
 
 
 def test_investigation_package_arrives_as_a_file(lab, windows_machine):
-    result = lab.mde.run(lab.instances["client-credentials"],
-                         "microsoft-atp-request-and-download-investigation-package",
-                         f"machine_id={windows_machine['ID']}", "comment=e2e package", options=FAST_POLLING)
+    result = run_action(lab, "microsoft-atp-request-and-download-investigation-package",
+                        f"machine_id={windows_machine['ID']}", "comment=e2e package")
     assert result.returncode == 0, result.stderr
     saved = [line.split("saved file: ", 1)[1] for line in (result.stdout + result.stderr).splitlines()
              if "saved file: " in line]

@@ -26,6 +26,7 @@ from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 from mde_emulator import server as emulator_server
 from mde_emulator.admin import AlertStream
 from mde_emulator.api_actions import PACKAGE_LINK_LIFETIME
+from mde_emulator.clock import Clock
 from mde_emulator.data import Store
 from mde_emulator.server import EmulatorServer, Options
 
@@ -41,6 +42,7 @@ DEFAULT_FAULTS = {"rate_limit_per_minute": None, "rate_limit_families": None, "r
 @pytest.fixture(scope="module")
 def server():
     with EmulatorServer(Options(seed=3, machines=MACHINES, alerts=300, action_delay=1)) as srv:
+        srv.emulator.clock.freeze(True)  # emulator time moves only when a test advances it, however slow the machine
         yield srv
 
 
@@ -511,6 +513,35 @@ def test_admin_clock_moves_forward_only(info):
         r = _admin(info, "POST", "/clock", json=bad)
         assert r.status_code == 400 and ("advance" in r.json()["error"] or "JSON object" in r.json()["error"]), bad
     assert _admin(info, "GET", "/clock").json()["offset_seconds"] == after["offset_seconds"]
+
+
+def test_a_frozen_clock_moves_only_when_advanced_and_thaws_forward(info):
+    frozen = _admin(info, "POST", "/clock", json={"frozen": True}).json()  # already frozen (see `server`): kept
+    assert frozen["frozen"] is True
+    assert _admin(info, "GET", "/clock").json()["now"] == frozen["now"]
+    advanced = _admin(info, "POST", "/clock", json={"advance": 5}).json()
+    assert advanced["now"] == frozen["now"] + 5 and advanced["frozen"] is True
+    for bad in ({"frozen": "yes"}, {"frozen": 1}, {"advance": -1, "frozen": False}):
+        assert _admin(info, "POST", "/clock", json=bad).status_code == 400, bad
+    assert _admin(info, "GET", "/clock").json() == advanced  # a refused body changed nothing
+    try:
+        thawed = _admin(info, "POST", "/clock", json={"frozen": False}).json()
+    finally:
+        _admin(info, "POST", "/clock", json={"frozen": True})
+    assert thawed["frozen"] is False and thawed["now"] >= advanced["now"]
+    assert thawed["offset_seconds"] == advanced["offset_seconds"]
+
+
+def test_advancing_a_frozen_clock_adds_exactly_what_was_asked():
+    clock = Clock(offset=0.123456789)
+    clock.freeze(True)
+    for seconds in (1, 2, 10, 50, 0.5, 3600):
+        before = clock.now()
+        clock.advance(seconds)
+        assert clock.now() - before == seconds  # an action due `seconds` after `before` is due now, not a hair later
+    frozen_at = clock.now()
+    clock.freeze(False)
+    assert clock.now() >= frozen_at
 
 
 def test_every_api_module_is_registered_once():

@@ -140,8 +140,7 @@ def test_a_relative_first_fetch_time(xsoar, fake):
     xsoar.run("fetch-incidents")
 
     literal = fake.requests[0]["$filter"].removeprefix("alertCreationTime ge ")
-    expected = dt.datetime.now(UTC) - dt.timedelta(hours=12)
-    assert abs((mde.parse_iso_datetime(literal) - expected).total_seconds()) < 60
+    assert mde.parse_iso_datetime(literal) == xsoar.clock.utcnow() - dt.timedelta(hours=12)
 
 
 def test_next_run_looks_back_from_the_newest_alert_and_skips_the_ones_seen(xsoar, fake):

@@ -421,6 +421,20 @@ def test_offboard_writes_the_offboard_context(xsoar, requests_mock):
     assert entry["PollingCommand"] == "microsoft-atp-offboard-machine"
 
 
+def test_offboard_reports_the_machine_it_could_not_offboard(xsoar, requests_mock):
+    requests_mock.post(f"{API}/machines/{MID}/offboard", status_code=400,
+                       json={"error": {"code": "InvalidRequest", "message": "Already offboarded"}})
+    requests_mock.post(f"{API}/machines/{MID2}/offboard", status_code=200, json=action(A2, MID2, "Offboard"))
+
+    entry = xsoar.run("microsoft-atp-offboard-machine", args={"machine_id": f"{MID},{MID2}", "comment": "retired"}).entry
+
+    assert entry["EntryContext"]["MicrosoftATP.OffboardMachine(val.ID && val.ID == obj.ID)"] == [
+        {**action_context(A2, MID2, "Offboard"), "LastUpdateTimeUtc": "2024-05-01T10:00:01Z"},
+        {"MachineID": MID, "Type": "Offboard", "Status": "Failed", "PreExisting": False,
+         "Error": f"POST /machines/{MID}/offboard failed with HTTP 400 InvalidRequest: Already offboarded. "
+                  "Check the command arguments."}]
+
+
 ACTION_ARGS = {"machine_id": MID, "comment": "c", "isolation_type": "Full"}
 
 

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import re
-from datetime import datetime, timedelta, timezone
+from datetime import datetime, timedelta
 from urllib.parse import parse_qs, unquote, urlparse
 
 import pytest
@@ -259,7 +259,7 @@ def iso(moment: datetime) -> str:
 
 
 def test_get_machine_by_ip_calls_findbyip_and_fills_endpoint(xsoar, requests_mock):
-    when = iso(datetime.now(timezone.utc) - timedelta(days=2))
+    when = iso(xsoar.clock.utcnow() - timedelta(days=2))
     api = requests_mock.get(re.compile(f"{API}/machines/findbyip.*"), json={"value": [
         machine(), machine(MID2, healthStatus="Inactive", ipAddresses=[], version=None, osVersion="10.0.19045")]})
 
@@ -275,7 +275,7 @@ def test_get_machine_by_ip_calls_findbyip_and_fills_endpoint(xsoar, requests_moc
 
 
 def test_get_machine_by_ip_applies_limit_unless_all_results(xsoar, requests_mock):
-    when = iso(datetime.now(timezone.utc) - timedelta(hours=1))
+    when = iso(xsoar.clock.utcnow() - timedelta(hours=1))
     requests_mock.get(re.compile(f"{API}/machines/findbyip.*"),
                       json={"value": [machine(f"{i:040x}") for i in range(3)]})
 
@@ -294,7 +294,7 @@ def test_get_machine_by_ip_accepts_relative_time(xsoar, requests_mock):
 
     sent = re.fullmatch(r"/api/machines/findbyip\(ip='2001:db8::1',timestamp=(.+)\)", path(api.last_request))
     sent_time = datetime.fromisoformat(sent.group(1).replace("Z", "+00:00"))
-    assert abs(sent_time - (datetime.now(timezone.utc) - timedelta(days=3))) < timedelta(minutes=1)
+    assert sent_time == xsoar.clock.utcnow() - timedelta(days=3)
 
 
 @pytest.mark.parametrize("args, message", [

@@ -211,7 +211,7 @@ def test_yml_reader(integration):
 
 # ---------------------------------------------------------------- rendering
 
-def test_markdown_table_is_aligned_and_wrapped():
+def test_markdown_table_is_aligned_and_shortened_not_wrapped():
     markdown = ("### Machines\n|ID|Name|Notes|\n|---|---|---|\n| 1 | desk\\|top | short |\n"
                 "| 22 | [portal](https://p/1) | " + "word " * 12 + "|\n")
     lines = render_markdown(markdown, width=40).splitlines()
@@ -221,10 +221,9 @@ def test_markdown_table_is_aligned_and_wrapped():
     assert lines[4].split() == ["1", "desk|top", "short"]
     assert lines[5].startswith("22  portal")
     assert all(len(line) <= 40 for line in lines)
-    assert "https://p/1>" in "".join(lines)
+    assert len(lines) == 6  # one line per row: long free text is shortened, not wrapped
     notes_column = lines[2].index("Notes")
-    assert " ".join(line[notes_column:].strip() for line in lines[5:]) == " ".join(["word"] * 12)
-    assert len(lines) > 6  # the long cell wrapped onto extra lines
+    assert lines[5][notes_column:].startswith("word word") and lines[5].endswith("…")
 
 
 def test_markdown_links_headers_and_emphasis():

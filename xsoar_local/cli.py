@@ -8,29 +8,42 @@ import difflib
 import json
 import os
 import re
-import runpy
 import shutil
 import sys
 import tempfile
+import textwrap
 import time
 import traceback
+import types
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import demistomock
+from xsoar_local.cache import cache_dir_for, compile_plugin
 from xsoar_local.instance import Instance, InstanceError, load_instance
-from xsoar_local.render import first_line, render_markdown, render_table, terminal_width
+from xsoar_local.render import render_markdown, render_table, shorten, terminal_width
 from xsoar_local.runtime import LOCAL_INVESTIGATION_ID, Runtime, use
-from xsoar_local.state import FileStore, StateError, instance_state_dir
+from xsoar_local.state import FileStore, StateError, default_state_root, instance_state_dir
 from xsoar_local.yml import FETCH_INCIDENTS, TEST_MODULE, Argument, Command, Integration, load_integration
 
 DEFAULT_INTEGRATION = "MicrosoftDefenderForEndpoint.yml"
 EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # what a shell reports for SIGINT and SIGPIPE
 ENTRY_ERROR = 4
 DEFAULT_NEXT_RUN = 30.0
 DEFAULT_POLL_TIMEOUT = 600.0
 ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
 CONTEXT_KEY = re.compile(r"^(?P<path>[^(]+?)\s*(\((?P<rule>.*)\))?$", re.DOTALL)
+# The integration's own "checking again in 10 s": the CLI states the wait it really makes instead.
+PLUGIN_NEXT_CHECK = re.compile(r"\s*\b(?:checking|check|polling)\s+again\s+in\s+\d+\s*(?:s|sec|seconds?)\b\.?",
+                               re.IGNORECASE)
+ACTION_IDS_ARG = re.compile(r"(^|_)action_ids?$")
+FINAL_ACTION_STATUSES = {"Succeeded", "Failed", "Cancelled", "TimeOut"}
+CHECK_ACTIONS_COMMAND = "microsoft-atp-list-machine-actions-details"
+CANCEL_ACTION_COMMAND = "microsoft-atp-cancel-machine-action"
+# Commands of the integration this one replaces, to tell "not implemented yet" from a typo.
+CONTRACT_FILE = Path("test_data") / "contract_commands.json"
+OUTPUT_MODES = ("table", "json", "yaml")
 
 EPILOG = """\
 commands:
@@ -38,22 +51,27 @@ commands:
   test-module               what the Test button runs; prints "ok" when the instance works
   fetch                     run fetch-incidents, print the incidents and save the fetch cursor in the state
   commands [NAME]           list the commands and their arguments (or one command in detail); no --instance needed
+  COMMAND --help            that command's arguments: description, required, default, allowed values
 
 examples:
   mde --instance instances/client-credentials.yml test-module
   mde --instance X microsoft-atp-get-machines hostname=desktop- --json
+  mde --instance X microsoft-atp-get-machines --output yaml
   mde --instance X fetch
   mde commands
-  mde commands microsoft-atp-isolate-machine
+  mde microsoft-atp-isolate-machine --help
 
-instance file (YAML or JSON):
+instance file (YAML or JSON; parameter names are the `name:`s under the yml's `configuration:`):
   name: my-tenant                          # optional: names the state directory (default: file name)
   env: {REQUESTS_CA_BUNDLE: /path/ca.pem}  # optional: environment for the run
   params:                                  # the instance's parameters, as in XSOAR
-    credentials_id: {password: "<app id>"}
-    secret: {password: "${MDE_CLIENT_SECRET}"}   # ${VAR} is read from the environment
+    auth_flow: Client Credentials
+    _auth_id_encrypted: {password: "<application (client) id>"}
+    _tenant_id_encrypted: {password: "<directory (tenant) id>"}
+    credentials: {password: "${MDE_CLIENT_SECRET}"}   # ${VAR} is read from the environment
 
-exit status: 0 success, 1 the command failed, 2 bad usage (unknown command or argument, bad instance file).
+exit status: 0 success, 1 the command failed, 2 bad usage (unknown command or argument, bad instance file),
+130 interrupted (Ctrl-C), 141 the reader of the output went away (`| head`), quietly.
 """
 
 
@@ -65,25 +83,34 @@ class CommandFailed(Exception):
     """The command ran and failed: exit 1."""
 
 
+class Interrupted(Exception):
+    """Ctrl-C: what was pending has been reported; exit 130."""
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="mde",
         description="Run a command of an XSOAR integration locally, with the parameters of an XSOAR instance.",
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
+        add_help=False,  # `mde COMMAND --help` describes the command, so -h/--help is handled after parsing
     )
+    parser.add_argument("-h", "--help", action="store_true", help="show this help (after COMMAND: that command's)")
     parser.add_argument("--instance", metavar="FILE", help="instance file with the integration's parameters")
     parser.add_argument("--integration", metavar="YML",
                         help=f"integration yml; the .py beside it is run (default: {DEFAULT_INTEGRATION} "
                              "in the current directory, else next to this package)")
     output = parser.add_mutually_exclusive_group()
-    output.add_argument("--json", action="store_true", help="print the entries' context (EntryContext) as JSON")
+    output.add_argument("--output", "-o", choices=OUTPUT_MODES, default="table",
+                        help="table (default): the entries as a person reads them; json or yaml: the entries' "
+                             "context (EntryContext), or the incidents for fetch")
+    output.add_argument("--json", dest="output", action="store_const", const="json", help="same as --output json")
     output.add_argument("--raw", action="store_true", help="print the entries' raw Contents")
     parser.add_argument("--verbose", "-v", action="store_true",
                         help="show the plugin's debug log, full intermediate polling results and tracebacks")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="base directory for saved state (default: $MDE_STATE_DIR or ~/.local/state/mde); "
-                             "an instance's state goes to DIR/<instance name>/")
+                             "an instance's state goes to DIR/<instance name>/, caches to DIR/.cache/")
     parser.add_argument("--output-dir", metavar="DIR", default=".", help="where files returned by commands are saved")
     parser.add_argument("--poll-interval-override", metavar="SECONDS", type=float,
                         help="wait this long between polling rounds instead of what the command asks")
@@ -92,29 +119,77 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
-def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = time.sleep,
+POLL_WAIT_SCALE_ENV = "MDE_POLL_WAIT_SCALE"
+
+
+def poll_wait(seconds: float, sleep: Callable[[float], None] = time.sleep) -> None:
+    """The wait between polling rounds, times $MDE_POLL_WAIT_SCALE (default 1; 0 = no wait: tests that move
+    the emulator's clock themselves)."""
+    value = os.environ.get(POLL_WAIT_SCALE_ENV, "").strip() or "1"
+    try:
+        scale = float(value)
+    except ValueError:
+        scale = -1.0
+    if not 0 <= scale < float("inf"):
+        raise ValueError(f"{POLL_WAIT_SCALE_ENV} must be a number of 0 or more (got '{value}')")
+    if seconds * scale > 0:
+        sleep(seconds * scale)
+
+
+def main(argv: list[str] | None = None, *, sleep: Callable[[float], None] = poll_wait,
          clock: Callable[[], float] = time.monotonic) -> int:
+    try:
+        code = _main(argv, sleep=sleep, clock=clock)
+        sys.stdout.flush()  # a closed pipe shows up here, while it can still be handled quietly
+        return code
+    except BrokenPipeError:  # `mde ... | head`: the reader has what it wanted
+        _discard_stdout()
+        return EXIT_BROKEN_PIPE
+    except KeyboardInterrupt:
+        print("\ninterrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+
+
+def _main(argv: list[str] | None, *, sleep: Callable[[float], None], clock: Callable[[], float]) -> int:
     parser = build_parser()
     options = parser.parse_intermixed_args(argv)
+    if options.help and options.command in (None, "commands"):
+        parser.print_help()
+        return EXIT_OK
     if not options.command:
         parser.print_help(sys.stderr)
         return EXIT_USAGE
     try:
-        integration = load_integration(options.integration or find_default_integration())
+        cache_dir = cache_dir_for(Path(options.state_dir) if options.state_dir else default_state_root())
+        integration = load_integration(options.integration or find_default_integration(), cache_dir)
+        if options.help:
+            return describe_commands(integration, [options.command])
         if options.command == "commands":
-            return list_commands(integration, options.args)
-        return Session(options, integration, sleep=sleep, clock=clock).run()
+            return describe_commands(integration, options.args)
+        return Session(options, integration, cache_dir=cache_dir, sleep=sleep, clock=clock).run()
+    except Interrupted:
+        return EXIT_INTERRUPTED
     except (UsageError, InstanceError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_USAGE
     except (CommandFailed, StateError) as e:
         print(f"error: {e}", file=sys.stderr)
         return EXIT_FAILED
+    except (BrokenPipeError, KeyboardInterrupt):
+        raise
     except Exception as e:  # an uncaught exception from the plugin: one line unless --verbose
         if options.verbose:
             traceback.print_exc()
         print(f"error: {type(e).__name__}: {e}" if str(e) else f"error: {type(e).__name__}", file=sys.stderr)
         return EXIT_FAILED
+
+
+def _discard_stdout() -> None:
+    """Point the real stdout at /dev/null, so flushing it at exit does not complain about the closed pipe."""
+    if sys.stdout is sys.__stdout__ and sys.stdout is not None:
+        with contextlib.suppress(OSError, ValueError):
+            devnull = os.open(os.devnull, os.O_WRONLY)
+            os.dup2(devnull, sys.stdout.fileno())
 
 
 def find_default_integration() -> Path:
@@ -123,6 +198,27 @@ def find_default_integration() -> Path:
         if path.exists():
             return path
     raise UsageError(f"no {DEFAULT_INTEGRATION} in the current directory; name the yml with --integration PATH.yml")
+
+
+def find_command(integration: Integration, name: str) -> Command:
+    name = FETCH_INCIDENTS if name == "fetch" else name
+    if name in integration.commands:
+        return integration.commands[name]
+    if name in original_commands(integration):
+        raise UsageError(f"'{name}' is a command of the original {integration.display} integration that this "
+                         f"integration does not implement yet; see `mde commands` for what it has")
+    close = difflib.get_close_matches(name, integration.commands, n=3)
+    hint = f"; did you mean {', '.join(close)}?" if close else "; see `mde commands`"
+    raise UsageError(f"unknown command '{name}' for {integration.display}{hint}")
+
+
+def original_commands(integration: Integration) -> set[str]:
+    """Command names of the integration this one replaces, when the contract file is beside the yml."""
+    try:
+        contract = json.loads((integration.yml_path.parent / CONTRACT_FILE).read_text(encoding="utf-8"))
+        return {str(c["name"]) for c in contract.get("commands") or []}
+    except (OSError, ValueError, TypeError, KeyError, AttributeError):
+        return set()
 
 
 # ---------------------------------------------------------------- argument checks
@@ -176,40 +272,42 @@ def _check_predefined(arg: Argument, value: str) -> None:
 class Session:
     """One CLI invocation: the instance, its state, and the plugin runs (more than one when polling)."""
 
-    def __init__(self, options: argparse.Namespace, integration: Integration, *,
+    def __init__(self, options: argparse.Namespace, integration: Integration, *, cache_dir: Path | None = None,
                  sleep: Callable[[float], None], clock: Callable[[], float]) -> None:
         self.options = options
         self.integration = integration
+        self.cache_dir = cache_dir
         self.sleep = sleep
         self.clock = clock
         self.failed = False
-        self.progress = Progress(sys.stderr)
+        self.mode = "raw" if options.raw else options.output
+        # Progress goes with the table a person reads; with json/yaml/raw stdout stays machine-readable.
+        self.progress = sys.stdout if self.mode == "table" else sys.stderr
+        self._code: types.CodeType | None = None
 
     def run(self) -> int:
-        name = FETCH_INCIDENTS if self.options.command == "fetch" else self.options.command
-        command = self._command(name)
+        command = find_command(self.integration, self.options.command)
         args = parse_command_args(command, self.options.args)
+        with self.prepared() as instance:
+            if command.name == FETCH_INCIDENTS:
+                self.fetch(instance)
+            else:
+                self.run_with_polling(instance, command.name, args)
+        return EXIT_FAILED if self.failed else EXIT_OK
+
+    @contextlib.contextmanager
+    def prepared(self) -> Iterator[Instance]:
+        """The instance, with its state, a scratch directory and its environment in place for plugin runs."""
         instance = self._instance()
         self.store = FileStore(instance_state_dir(instance.name, self.options.state_dir))
         with tempfile.TemporaryDirectory(prefix="mde-run-") as workdir, _environment(instance.env):
             self.workdir = Path(workdir)
-            if name == FETCH_INCIDENTS:
-                self.fetch(instance)
-            else:
-                self.run_with_polling(instance, name, args)
-        return EXIT_FAILED if self.failed else EXIT_OK
-
-    def _command(self, name: str) -> Command:
-        if name in self.integration.commands:
-            return self.integration.commands[name]
-        close = difflib.get_close_matches(name, self.integration.commands, n=3)
-        hint = f"; did you mean {', '.join(close)}?" if close else "; see `mde commands`"
-        raise UsageError(f"unknown command '{name}' for {self.integration.display}{hint}")
+            yield instance
 
     def _instance(self) -> Instance:
         if not self.options.instance:
             raise UsageError("--instance FILE is required to run a command (see mde --help)")
-        instance = load_instance(self.options.instance, self.integration)
+        instance = load_instance(self.options.instance, self.integration, cache_dir=self.cache_dir)
         for warning in instance.warnings:
             print(warning, file=sys.stderr)
         return instance
@@ -218,10 +316,12 @@ class Session:
         runtime = Runtime(params=instance.params, args=args, command=command, store=self.store,
                           workdir=self.workdir, verbose=self.options.verbose)
         script = self._script_path()
+        if self._code is None:
+            self._code = compile_plugin(script, self.cache_dir)
         with use(runtime), _cwd(self.workdir), _sys_path(script.parent):
             try:
                 # XSOAR gives the script a global `demisto`; a unified yml's code relies on it.
-                runpy.run_path(str(script), init_globals={"demisto": demistomock}, run_name="__main__")
+                run_as_main(self._code, script, {"demisto": demistomock})
             except SystemExit as e:  # XSOAR's return_error() exits after reporting; a bare exit is not an error
                 if e.code not in (None, 0):
                     runtime.results({"Type": ENTRY_ERROR, "Contents": f"the integration exited with status {e.code}"})
@@ -231,7 +331,8 @@ class Session:
         path = self.integration.script_path
         if path is None:  # a unified yml carries the code itself
             path = self.workdir / f"{self.integration.yml_path.stem}.py"
-            path.write_text(self.integration.script, encoding="utf-8")
+            if not path.exists():
+                path.write_text(self.integration.script, encoding="utf-8")
         elif not path.exists():
             raise UsageError(f"integration code {path} not found (next to {self.integration.yml_path.name})")
         return path
@@ -239,46 +340,82 @@ class Session:
     def run_with_polling(self, instance: Instance, command: str, args: dict) -> None:
         start = self.clock()
         all_entries: list = []
-        while True:
-            entries = self.run_plugin(instance, command, args).entries
-            all_entries += entries
-            poll = next((e for e in entries if isinstance(e, dict) and e.get("PollingCommand")), None)
-            self.show_entries(command, entries, final=poll is None)
-            if poll is None:
-                break
-            command, args = poll["PollingCommand"], dict(poll.get("PollingArgs") or {})
-            timeout = float(poll.get("Timeout") or DEFAULT_POLL_TIMEOUT)
-            elapsed = self.clock() - start
-            if elapsed >= timeout:
-                self.progress.clear()
-                raise CommandFailed(f"timed out after {elapsed:.0f} s waiting for {command}")
-            wait = self.options.poll_interval_override
-            wait = float(poll.get("NextRun") or DEFAULT_NEXT_RUN) if wait is None else wait
-            status = first_line(_entry_text(poll) or "", 50)
-            self.progress.show(f"{command}: {status} · elapsed {elapsed:.0f}s / timeout {timeout:.0f}s")
-            self.sleep(max(0.0, min(wait, timeout - elapsed)))  # the last round runs right at the timeout
-        self.progress.clear()
-        if self.options.json:
-            print(json.dumps(merge_context(all_entries), indent=2, default=str))
+        poll: dict | None = None
+        try:
+            for round_number in range(1, sys.maxsize):
+                entries = self.run_plugin(instance, command, args).entries
+                all_entries += entries
+                poll = next((e for e in entries if isinstance(e, dict) and e.get("PollingCommand")), None)
+                if poll is None:
+                    self.show_entries(command, entries)
+                    break
+                command, args = poll["PollingCommand"], dict(poll.get("PollingArgs") or {})
+                timeout = float(poll.get("Timeout") or DEFAULT_POLL_TIMEOUT)
+                elapsed = self.clock() - start
+                if elapsed >= timeout:
+                    raise CommandFailed(f"timed out after {elapsed:.0f} s waiting for {command}")
+                wait = self.options.poll_interval_override
+                wait = float(poll.get("NextRun") or DEFAULT_NEXT_RUN) if wait is None else wait
+                wait = max(0.0, min(wait, timeout - elapsed))  # the last round runs right at the timeout
+                self.show_round(command, entries, round_number, f"{elapsed:.0f} of {timeout:.0f} s · "
+                                f"next check in {wait:g} s")
+                self.sleep(wait)
+        except KeyboardInterrupt:
+            self.report_interrupted(poll, all_entries)
+            raise Interrupted from None
+        if self.mode in OUTPUT_MODES[1:]:
+            print_data(merge_context(all_entries), self.mode)
+
+    def show_round(self, command: str, entries: list, round_number: int, timing: str) -> None:
+        """A round that is not the last: one progress line with its status (after the table of the first round,
+        which names what was started), unless --verbose asks for every round in full."""
+        for entry in entries:
+            if not isinstance(entry, dict) or entry.get("Type") == ENTRY_ERROR or entry.get("FileID"):
+                self.show_entries(command, [entry])
+                continue
+            text = PLUGIN_NEXT_CHECK.sub("", _entry_text(entry) or "").strip()
+            rest, status = split_status(text)
+            if self.mode == "table" and (self.options.verbose or (round_number == 1 and "|" in rest)):
+                print(render_markdown(text if self.options.verbose else rest, color=sys.stdout.isatty()))
+                print()
+            prefix = f"[round {round_number} · {timing}]"
+            print(f"{prefix} {shorten(status, max(terminal_width() - len(prefix) - 2, 20))}".rstrip(),
+                  file=self.progress, flush=True)
+
+    def report_interrupted(self, poll: dict | None, entries: list) -> None:
+        pending = pending_action_ids(poll, merge_context(entries)) if poll else []
+        lines = ["", "interrupted: stopped waiting; what the command already requested goes on without the CLI."]
+        if pending:
+            ids = ",".join(pending)
+            instance = f"--instance {self.options.instance} " if self.options.instance else ""
+            lines.append(f"pending action ids: {', '.join(pending)}")
+            if CHECK_ACTIONS_COMMAND in self.integration.commands:
+                lines.append(f"  check them:  mde {instance}{CHECK_ACTIONS_COMMAND} id={ids}")
+            if CANCEL_ACTION_COMMAND in self.integration.commands:
+                label, action = ("cancel it: ", pending[0]) if len(pending) == 1 else ("cancel one:", "ID")
+                lines.append(f"  {label}  mde {instance}{CANCEL_ACTION_COMMAND} action_id={action} "
+                             "comment=\"why it is cancelled\"")
+        print("\n".join(lines), file=sys.stderr, flush=True)
 
     def fetch(self, instance: Instance) -> None:
-        runtime = self.run_plugin(instance, FETCH_INCIDENTS, {})
-        self.show_entries(FETCH_INCIDENTS, runtime.entries, final=True)
+        with self.store.fetch_lock():  # XSOAR runs one fetch per instance at a time
+            runtime = self.run_plugin(instance, FETCH_INCIDENTS, {})
+        self.show_entries(FETCH_INCIDENTS, runtime.entries)
         incidents = runtime.incidents or []
-        if self.options.json:
-            print(json.dumps(incidents, indent=2, default=str))
-        elif incidents:
+        if self.mode in OUTPUT_MODES[1:]:
+            print_data(incidents, self.mode)
+        elif incidents and self.mode == "table":
             rows = [["name", "occurred", "severity"]]
             rows += [[str(i.get("name", "")), str(i.get("occurred", "")), str(i.get("severity", ""))]
                      for i in incidents]
             print("\n".join(render_table(rows, terminal_width())))
-        summary = f"fetched {len(incidents)} incident(s); last run saved in {self.store.directory}"
-        print(summary, file=sys.stderr if self.options.json else sys.stdout)
+        saved = (f"last run saved in {self.store.directory}" if runtime.last_run_saved
+                 else "last run not saved (the next fetch starts from the same point)")
+        print(f"fetched {len(incidents)} incident(s); {saved}", file=self.progress)
 
     # ------------------------------------------------------------ output
 
-    def show_entries(self, command: str, entries: list, *, final: bool) -> None:
-        self.progress.clear()
+    def show_entries(self, command: str, entries: list) -> None:
         for entry in entries:
             if isinstance(entry, str) or not isinstance(entry, dict):
                 self._show_text_entry(command, str(entry))
@@ -287,10 +424,11 @@ class Session:
                 print(f"error: {entry.get('Contents')}", file=sys.stderr)
             elif entry.get("FileID"):
                 self.save_file(entry)
-            elif self.options.raw and final:
+            elif self.mode == "raw":
                 print(_as_text(entry.get("Contents")))
-            elif not (self.options.json or self.options.raw):
-                self._show_note(entry, full=final or self.options.verbose)
+            elif self.mode == "table":
+                self._show_note(entry)
+        sys.stdout.flush()
 
     def _show_text_entry(self, command: str, text: str) -> None:
         if command == TEST_MODULE and text != "ok":  # XSOAR shows anything but "ok" as the test's failure
@@ -299,13 +437,11 @@ class Session:
         else:
             print(text)
 
-    def _show_note(self, entry: dict, *, full: bool) -> None:
+    def _show_note(self, entry: dict) -> None:
         text = _entry_text(entry)
         if text is None:
             return
-        if not full:
-            print(first_line(text, terminal_width()))
-        elif entry.get("HumanReadable"):
+        if entry.get("HumanReadable"):
             print(render_markdown(text, color=sys.stdout.isatty()))
             print()
         else:
@@ -322,31 +458,57 @@ class Session:
         output_dir.mkdir(parents=True, exist_ok=True)
         target = _free_path(output_dir / (Path(str(entry.get("File") or entry["FileID"])).name or entry["FileID"]))
         shutil.move(str(source), target)
-        print(f"saved file: {target} ({target.stat().st_size} bytes)",
-              file=sys.stderr if self.options.json or self.options.raw else sys.stdout)
+        print(f"saved file: {target} ({target.stat().st_size} bytes)", file=self.progress)
 
 
-class Progress:
-    """One status line on stderr: rewritten in place on a terminal, one line per update otherwise."""
+def run_as_main(code: types.CodeType, path: Path, init_globals: dict) -> None:
+    """What `runpy.run_path` does, with code compiled (and cached) beforehand: run it as `__main__`."""
+    module = types.ModuleType("__main__")
+    module.__dict__.update(init_globals)
+    module.__dict__.update(__file__=str(path), __cached__=None, __loader__=None, __package__=None, __spec__=None)
+    saved_main, saved_argv0 = sys.modules.get("__main__"), sys.argv[0] if sys.argv else None
+    sys.modules["__main__"] = module  # dataclasses and pickle look classes up through sys.modules
+    if sys.argv:
+        sys.argv[0] = str(path)
+    try:
+        exec(code, module.__dict__)
+    finally:
+        if saved_main is not None:
+            sys.modules["__main__"] = saved_main
+        if saved_argv0 is not None:
+            sys.argv[0] = saved_argv0
 
-    def __init__(self, stream) -> None:
-        self.stream = stream
-        self.tty = stream.isatty()
-        self.showing = False
 
-    def show(self, text: str) -> None:
-        if self.tty:
-            self.stream.write("\r\x1b[K" + text[: terminal_width() - 1])
-            self.showing = True
-        else:
-            self.stream.write(text + "\n")
-        self.stream.flush()
+def split_status(markdown: str) -> tuple[str, str]:
+    """(the note without its status, the status as plain text): the status is the last line that is not part
+    of a table or a header."""
+    lines = markdown.splitlines()
+    for i in range(len(lines) - 1, -1, -1):
+        line = lines[i].strip()
+        if line and not line.startswith(("|", "#")):
+            plain = " ".join(render_markdown(line, width=10_000).split())
+            return "\n".join(lines[:i] + lines[i + 1:]).strip(), plain
+    return markdown, ""
 
-    def clear(self) -> None:
-        if self.showing:
-            self.stream.write("\r\x1b[K")
-            self.stream.flush()
-            self.showing = False
+
+def pending_action_ids(poll: dict, context: dict) -> list[str]:
+    """The action ids the next polling round would check, less those the context already shows as final."""
+    polled = [item.strip() for name, value in (poll.get("PollingArgs") or {}).items()
+              if ACTION_IDS_ARG.search(str(name)) for item in str(value).split(",") if item.strip()]
+    final = {str(obj.get("ID")) for value in context.values() for obj in (value if isinstance(value, list) else [value])
+             if isinstance(obj, dict) and obj.get("Status") in FINAL_ACTION_STATUSES}
+    return [action_id for action_id in dict.fromkeys(polled) if action_id not in final]
+
+
+def print_data(data: object, mode: str) -> None:
+    if mode == "yaml":
+        import yaml  # only this output needs the dumper
+
+        plain = json.loads(json.dumps(data, default=str))  # what the JSON output holds, as YAML
+        print(yaml.dump(plain, Dumper=getattr(yaml, "CSafeDumper", yaml.SafeDumper), sort_keys=False,
+                        allow_unicode=True, default_flow_style=False), end="")
+    else:
+        print(json.dumps(data, indent=2, default=str))
 
 
 def _entry_text(entry: dict) -> str | None:
@@ -432,62 +594,99 @@ def _sys_path(directory: Path) -> Iterator[None]:
             sys.path.remove(str(directory))
 
 
-# ---------------------------------------------------------------- mde commands
+# ---------------------------------------------------------------- mde commands, mde COMMAND --help
 
-def list_commands(integration: Integration, names: list[str]) -> int:
+def describe_commands(integration: Integration, names: list[str]) -> int:
     if not names:
+        width = terminal_width()
         for command in integration.commands.values():
-            print(_command_title(command))
-            _print_arguments(command, full=False)
+            print(_command_title(integration, command))
+            if command.description:
+                print(textwrap.fill(" ".join(command.description.split()), width, initial_indent="    ",
+                                    subsequent_indent="    "))
+            _print_arguments(command)
             print()
-        print("* required argument. Details of one command: mde commands NAME")
+        print("* required argument. One command in detail: mde COMMAND --help (or mde commands COMMAND)")
         return EXIT_OK
     for name in names:
-        if name not in integration.commands:
-            close = difflib.get_close_matches(name, integration.commands, n=3)
-            raise UsageError(f"unknown command '{name}'" + (f"; did you mean {', '.join(close)}?" if close else ""))
-        command = integration.commands[name]
-        print(_command_title(command))
-        if command.description:
-            print(f"    {command.description}")
-        print("\narguments:" if command.arguments else "\narguments: none")
-        _print_arguments(command, full=True)
-        if command.outputs:
-            print("\noutputs:")
-            rows = [["context path", "type", "description"]]
-            rows += [[o.context_path, o.type, o.description] for o in command.outputs]
-            print("\n".join("    " + line for line in render_table(rows, terminal_width() - 4)))
+        describe_command(integration, find_command(integration, name))
     return EXIT_OK
 
 
-def _command_title(command: Command) -> str:
-    deprecated = " (deprecated)" if command.deprecated else ""
-    return f"{command.name}{deprecated}" + (f"  {_first_sentence(command.description)}" if command.description else "")
+def describe_command(integration: Integration, command: Command) -> None:
+    width = terminal_width()
+    shown_name = "fetch" if command.name == FETCH_INCIDENTS else command.name
+    print(_command_title(integration, command))
+    if command.description:
+        print(textwrap.fill(" ".join(command.description.split()), width, initial_indent="    ",
+                            subsequent_indent="    "))
+    print(f"\nusage: mde --instance FILE {shown_name}" + "".join(
+        f" {a.name}=VALUE" if a.required else "" for a in command.arguments) + (
+        " [name=value ...]" if any(not a.required for a in command.arguments) else ""))
+    print("\narguments:" if command.arguments else "\narguments: none")
+    for arg in command.arguments:
+        print(f"  {arg.name}" + (" (required)" if arg.required else ""))
+        details = [" ".join(arg.description.split())] if arg.description else []
+        details += _argument_facts(arg)
+        for detail in details:
+            print(textwrap.fill(detail, width, initial_indent="      ", subsequent_indent="      "))
+    if command.outputs:
+        print("\noutputs:")
+        rows = [["context path", "type", "description"]]
+        rows += [[o.context_path, o.type, o.description] for o in command.outputs]
+        print("\n".join("    " + line for line in render_table(rows, width - 4)))
 
 
-def _print_arguments(command: Command, *, full: bool) -> None:
+def _argument_facts(arg: Argument) -> list[str]:
+    facts = []
+    if arg.predefined:
+        facts.append("one of " + ", ".join(arg.predefined) + (" (comma-separated list)" if arg.is_array else ""))
+    elif arg.is_array:
+        facts.append("comma-separated list")
+    if arg.default_value is not None:
+        facts.append(f"default {arg.default_value}")
+    if arg.positional:
+        facts.append("may be given without name=")
+    if arg.deprecated:
+        facts.append("deprecated")
+    return facts
+
+
+def _command_title(integration: Integration, command: Command) -> str:
+    if not command.deprecated:
+        return command.name
+    replacement = replacement_of(integration, command)
+    return f"{command.name} (deprecated" + (f"; use {replacement} instead)" if replacement else ")")
+
+
+def replacement_of(integration: Integration, command: Command) -> str | None:
+    """The first other command the deprecated command's description names."""
+    for word in re.findall(r"[a-z0-9][a-z0-9-]+[a-z0-9]", command.description):
+        if word != command.name and word in integration.commands:
+            return word
+    return None
+
+
+def _print_arguments(command: Command) -> None:
+    """One line per argument: its first sentence and its facts (the overview of `mde commands`)."""
     width = max((len(a.name) + 1 for a in command.arguments), default=0)
     for arg in command.arguments:
-        extras = []
-        if arg.predefined:
-            extras.append("one of " + ", ".join(arg.predefined) + (" (comma-separated list)" if arg.is_array else ""))
-        elif arg.is_array:
-            extras.append("comma-separated list")
-        if arg.default_value is not None:
-            extras.append(f"default {arg.default_value}")
-        if arg.positional:
-            extras.append("may be given without name=")
-        if arg.deprecated:
-            extras.append("deprecated")
-        description = arg.description if full else _first_sentence(arg.description)
-        details = description + (f" [{'; '.join(extras)}]" if extras else "")
+        extras = _argument_facts(arg)
+        details = first_sentence(arg.description) + (f" [{'; '.join(extras)}]" if extras else "")
         print(f"    {(arg.name + ('*' if arg.required else '')).ljust(width)}  {details}")
 
 
-def _first_sentence(text: str) -> str:
-    line = text.strip().splitlines()[0] if text.strip() else ""
-    match = re.match(r"(.+?\.)(\s|$)", line)
-    return match.group(1) if match else line
+ABBREVIATIONS = re.compile(r"\b(e\.g|i\.e|etc|vs|approx|incl)\.$", re.IGNORECASE)
+
+
+def first_sentence(text: str) -> str:
+    """Up to the first full stop that ends a sentence (not the one in "e.g." or "1.5")."""
+    line = " ".join(text.split())
+    for match in re.finditer(r"\.(\s|$)", line):
+        candidate = line[: match.start() + 1]
+        if not ABBREVIATIONS.search(candidate):
+            return candidate
+    return line
 
 
 if __name__ == "__main__":

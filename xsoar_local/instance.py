@@ -18,9 +18,9 @@ import os
 import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from urllib.parse import urlparse
 
-import yaml
-
+from xsoar_local.cache import YamlError, load_yml
 from xsoar_local.yml import BOOLEAN_PARAM, Integration
 
 ENV_REFERENCE = re.compile(r"\$\{([A-Za-z_][A-Za-z0-9_]*)\}")
@@ -40,9 +40,11 @@ class Instance:
     warnings: list[str] = field(default_factory=list)
 
 
-def load_instance(path: str | Path, integration: Integration | None = None, environ: dict | None = None) -> Instance:
+def load_instance(path: str | Path, integration: Integration | None = None, environ: dict | None = None,
+                  cache_dir: Path | None = None) -> Instance:
+    """With `cache_dir`, a YAML file's parsed form is kept there (0600, like the saved tokens) while it is unchanged."""
     path = Path(path)
-    data = _parse(path)
+    data = _parse(path, cache_dir)
     environ = dict(os.environ if environ is None else environ)
     warnings = [f"warning: {path}: unknown top-level key '{k}' (expected name, params, env)"
                 for k in data if k not in KNOWN_KEYS]
@@ -50,21 +52,27 @@ def load_instance(path: str | Path, integration: Integration | None = None, envi
     for key, value in _mapping(data, "env", path).items():  # in order: later entries may use earlier ones
         env[str(key)] = str(_expand(value, {**environ, **env}, path, f"env.{key}"))
     params = _expand(_mapping(data, "params", path), {**environ, **env}, path, "params")
+    _check_urls(params, path)
     if integration is not None:
         warnings += _check_params(params, integration, path)
-        params = _with_defaults(params, integration)
+        params = _with_defaults(params, integration, path)
     return Instance(path=path, name=str(data.get("name") or path.stem), params=params, env=env, warnings=warnings)
 
 
-def _parse(path: Path) -> dict:
+def _parse(path: Path, cache_dir: Path | None) -> dict:
     try:
         text = path.read_text(encoding="utf-8")
     except OSError as e:
         raise InstanceError(f"{path}: cannot read instance file: {e.strerror}") from e
+    except UnicodeDecodeError as e:
+        raise InstanceError(f"{path}: not a text file (byte {e.object[e.start]:#04x} at offset {e.start} is not "
+                            "UTF-8); an instance file is YAML or JSON text") from None
+    if "\x00" in text:
+        raise InstanceError(f"{path}: not a text file (it contains NUL bytes); an instance file is YAML or JSON text")
     if path.suffix.lower() == ".json" or (path.suffix.lower() not in (".yml", ".yaml") and text.lstrip()[:1] == "{"):
         data = _parse_json(path, text)
     else:
-        data = _parse_yaml(path, text)
+        data = _parse_yaml(path, text, cache_dir)
     if not isinstance(data, dict):
         raise InstanceError(f"{path}: an instance file is a mapping with a 'params:' key")
     return data
@@ -77,14 +85,12 @@ def _parse_json(path: Path, text: str) -> object:
         raise InstanceError(f"{path}:{e.lineno}:{e.colno}: malformed JSON: {e.msg}") from e
 
 
-def _parse_yaml(path: Path, text: str) -> object:
+def _parse_yaml(path: Path, text: str, cache_dir: Path | None) -> object:
     try:
-        return yaml.safe_load(text)
-    except yaml.YAMLError as e:
-        mark = getattr(e, "problem_mark", None)
-        problem = getattr(e, "problem", None) or str(e).splitlines()[0]
-        where = f"{mark.line + 1}:{mark.column + 1}:" if mark else ""
-        raise InstanceError(f"{path}:{where} malformed YAML: {problem}") from e
+        return load_yml(text.encode("utf-8"), cache_dir, kind="instance-" + re.sub(r"[^A-Za-z0-9_.]", "_", path.stem))
+    except YamlError as e:
+        where = f"{e.line}:{e.column}:" if e.line else ""
+        raise InstanceError(f"{path}:{where} malformed YAML: {e.problem}") from e
 
 
 def _mapping(data: dict, key: str, path: Path) -> dict:
@@ -124,13 +130,24 @@ def _check_params(params: dict, integration: Integration, path: Path) -> list[st
     return warnings
 
 
-def _with_defaults(params: dict, integration: Integration) -> dict:
+def _check_urls(params: dict, path: Path) -> None:
+    """Parameters named `url` or `*_url` (the platform's convention for server addresses) must be URLs."""
+    for name, value in params.items():
+        if not (name == "url" or name.endswith("_url")) or value in (None, ""):
+            continue
+        parsed = urlparse(value) if isinstance(value, str) else None
+        if parsed is None or parsed.scheme not in ("http", "https") or not parsed.hostname or " " in value:
+            raise InstanceError(f"{path}: parameter '{name}' must be a URL such as https://host[:port][/path] "
+                                f"(got {value!r})")
+
+
+def _with_defaults(params: dict, integration: Integration, path: Path) -> dict:
     result = dict(params)
     for p in integration.params:
         if p.name not in result and p.default_value is not None:
             result[p.name] = _as_platform_value(p.default_value, p.type)
         if p.type == BOOLEAN_PARAM and p.name in result:
-            result[p.name] = _to_bool(result[p.name])
+            result[p.name] = _to_bool(result[p.name], path, p.name)
     return result
 
 
@@ -141,8 +158,12 @@ def _as_platform_value(default: object, param_type: int) -> object:
     return default
 
 
-def _to_bool(value: object) -> object:
+def _to_bool(value: object, path: Path, name: str) -> bool:
     # XSOAR hands checkbox (type 8) params to the plugin as Python bools.
+    if isinstance(value, bool):
+        return value
+    if value is None or value == "":  # an unset checkbox
+        return False
     if isinstance(value, str) and value.strip().lower() in ("true", "false"):
         return value.strip().lower() == "true"
-    return value
+    raise InstanceError(f"{path}: parameter '{name}' is a checkbox: set it to true or false (got {value!r})")

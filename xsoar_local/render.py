@@ -4,7 +4,6 @@ from __future__ import annotations
 
 import re
 import shutil
-import textwrap
 
 LINK = re.compile(r"\[([^\]]*)\]\(([^)\s]+)\)")
 HEADER = re.compile(r"^(#{1,6})\s+(.*?)\s*#*\s*$")
@@ -13,7 +12,8 @@ EMPHASIS = re.compile(r"(\*\*|__)(.+?)\1")
 LINE_BREAK = re.compile(r"<br\s*/?>", re.IGNORECASE)
 MARKDOWN_ESCAPE = re.compile(r"\\([\\`*_{}\[\]()#+\-.!|])")
 COLUMN_GAP = "  "
-MIN_COLUMN_WIDTH = 8
+MIN_COLUMN_WIDTH = 10
+WHITESPACE = re.compile(r"\s")
 
 
 def terminal_width() -> int:
@@ -47,7 +47,7 @@ def first_line(markdown: str, limit: int = 60) -> str:
     for line in markdown.splitlines():
         line = inline(HEADER.sub(r"\2", line)).strip().strip("|").strip()
         if line:
-            return line if len(line) <= limit else line[: limit - 1] + "…"
+            return shorten(line, limit)
     return ""
 
 
@@ -63,23 +63,48 @@ def inline(text: str) -> str:
 
 
 def render_table(rows: list[list[str]], width: int) -> list[str]:
-    """Rows (first is the header) as aligned columns; long cells wrap so the table fits `width`."""
+    """Rows (first is the header) as aligned columns that fit `width`, one line per row (more only where a
+    cell has line breaks). Identifiers - cells without spaces, such as machine ids and hashes - are never
+    cut or wrapped, so they can be copied; free text is shortened with "…"; columns that still do not fit
+    are left out, and a last line names them."""
     ncols = max(len(r) for r in rows)
     rows = [r + [""] * (ncols - len(r)) for r in rows]
-    widths = _fit_widths(rows, width - len(COLUMN_GAP) * (ncols - 1))
-    out = _table_row(rows[0], widths)
-    out.append(COLUMN_GAP.join("-" * w for w in widths).rstrip())
+    natural = [max(_natural_width(r[c]) for r in rows) for c in range(ncols)]
+    narrowest = [_narrowest(rows, c, natural[c]) for c in range(ncols)]
+    shown = _columns_that_fit(narrowest, width)
+    widths = _shrink_free_text({c: natural[c] for c in shown}, narrowest, width)
+    out = _table_row([rows[0][c] for c in shown], [widths[c] for c in shown])
+    out.append(COLUMN_GAP.join("-" * widths[c] for c in shown).rstrip())
     for row in rows[1:]:
-        out += _table_row(row, widths)
+        out += _table_row([row[c] for c in shown], [widths[c] for c in shown])
+    hidden = [rows[0][c] or f"column {c + 1}" for c in range(ncols) if c not in shown]
+    if hidden:
+        out.append(f"({len(hidden)} more column(s) not shown: {', '.join(hidden)}; widen the terminal or use --json)")
     return out
 
 
-def _fit_widths(rows: list[list[str]], available: int) -> list[int]:
-    widths = [max(_natural_width(r[c]) for r in rows) for c in range(len(rows[0]))]
-    while sum(widths) > available:
-        widest = max(range(len(widths)), key=widths.__getitem__)
-        if widths[widest] <= MIN_COLUMN_WIDTH:
-            break  # cannot fit: let the terminal wrap the rest
+def _narrowest(rows: list[list[str]], column: int, natural: int) -> int:
+    """How narrow a column may get: identifiers keep their full width, free text goes down to a few characters."""
+    cells = [row[column] for row in rows[1:]]
+    if all(not WHITESPACE.search(cell.replace("\n", "")) for cell in cells):
+        return max([_natural_width(cell) for cell in cells] + [min(natural, MIN_COLUMN_WIDTH)])
+    return min(natural, MIN_COLUMN_WIDTH)
+
+
+def _columns_that_fit(narrowest: list[int], width: int) -> list[int]:
+    shown = list(range(len(narrowest)))
+    while len(shown) > 1 and sum(narrowest[c] for c in shown) + len(COLUMN_GAP) * (len(shown) - 1) > width:
+        shown.pop()  # the plugins put the most telling columns first
+    return shown
+
+
+def _shrink_free_text(widths: dict[int, int], narrowest: list[int], width: int) -> dict[int, int]:
+    available = width - len(COLUMN_GAP) * (len(widths) - 1)
+    while sum(widths.values()) > available:
+        shrinkable = [c for c in widths if widths[c] > narrowest[c]]
+        if not shrinkable:
+            break  # one identifier column wider than the terminal: let the terminal wrap it
+        widest = max(shrinkable, key=widths.__getitem__)
         widths[widest] -= 1
     return widths
 
@@ -89,19 +114,17 @@ def _natural_width(cell: str) -> int:
 
 
 def _table_row(cells: list[str], widths: list[int]) -> list[str]:
-    wrapped = [_wrap(cell, w) for cell, w in zip(cells, widths, strict=True)]
-    height = max(len(w) for w in wrapped)
+    lines = [[shorten(line, w) for line in cell.split("\n")] for cell, w in zip(cells, widths, strict=True)]
+    height = max(len(cell_lines) for cell_lines in lines)
     return [
-        COLUMN_GAP.join((w[n] if n < len(w) else "").ljust(widths[c]) for c, w in enumerate(wrapped)).rstrip()
+        COLUMN_GAP.join((cell_lines[n] if n < len(cell_lines) else "").ljust(widths[c])
+                        for c, cell_lines in enumerate(lines)).rstrip()
         for n in range(height)
     ]
 
 
-def _wrap(cell: str, width: int) -> list[str]:
-    lines: list[str] = []
-    for part in cell.split("\n"):
-        lines += textwrap.wrap(part, width, break_long_words=True, break_on_hyphens=False) or [""]
-    return lines
+def shorten(text: str, width: int) -> str:
+    return text if len(text) <= width else text[: max(width - 1, 0)] + "…"
 
 
 def _starts_table(lines: list[str], i: int) -> bool:

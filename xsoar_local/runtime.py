@@ -39,6 +39,7 @@ class Runtime:
         self.verbose = verbose
         self.entries: list = []  # everything passed to results(), flattened
         self.incidents: list | None = None  # set by incidents(); None when the plugin never called it
+        self.last_run_saved = False  # whether the plugin called setLastRun()
 
     # -- what the plugin reads
     def params(self) -> dict:
@@ -79,6 +80,10 @@ class Runtime:
 
     def set_incidents(self, incidents: list | None) -> None:
         self.incidents = list(incidents or [])
+
+    def set_last_run(self, obj: object) -> None:
+        self.store.set_last_run(obj)
+        self.last_run_saved = True
 
     # -- logging: stderr only, so stdout stays the command's output
     def log(self, level: str, message: object) -> None:

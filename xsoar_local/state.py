@@ -4,6 +4,8 @@ On disk: `integration_context.json` holds `{"context": {...}, "version": n}` and
 last-run object. Files are 0600 in a 0700 directory, replaced atomically, and each get/set holds an
 exclusive flock on `.lock`, so concurrent runs never see half-written files. Read-modify-write across
 runs is made safe by the versioned pair: a set with a stale version raises StaleVersionError.
+A writer killed mid-write leaves a temporary file; the next run that takes the lock removes it.
+`fetch_lock()` (flock on `.fetch.lock`) makes fetches of one instance run one at a time, as in XSOAR.
 """
 
 from __future__ import annotations
@@ -22,6 +24,8 @@ from pathlib import Path
 CONTEXT_FILE = "integration_context.json"
 LAST_RUN_FILE = "last_run.json"
 LOCK_FILE = ".lock"
+FETCH_LOCK_FILE = ".fetch.lock"
+TEMP_SUFFIX = ".tmp"
 NO_VERSION_CHECK = -1
 
 
@@ -37,6 +41,10 @@ class Store:
     """Versioned integration context and last run; subclasses say where the data lives and how to lock it."""
 
     def _lock(self) -> contextlib.AbstractContextManager:
+        raise NotImplementedError
+
+    def fetch_lock(self) -> contextlib.AbstractContextManager:
+        """Held for a whole fetch-incidents run: one fetch per instance at a time."""
         raise NotImplementedError
 
     def _read(self, name: str) -> object:
@@ -92,9 +100,13 @@ class MemoryStore(Store):
     def __init__(self) -> None:
         self._data: dict[str, object] = {}
         self._mutex = threading.RLock()
+        self._fetch_mutex = threading.Lock()
 
     def _lock(self) -> contextlib.AbstractContextManager:
         return self._mutex
+
+    def fetch_lock(self) -> contextlib.AbstractContextManager:
+        return self._fetch_mutex
 
     def _read(self, name: str) -> object:
         return copy.deepcopy(self._data.get(name))
@@ -110,15 +122,29 @@ class FileStore(Store):
     def _describe(self, name: str) -> str:
         return f"state file {self.directory / name}"
 
+    def _lock(self) -> contextlib.AbstractContextManager:
+        return self._flock(LOCK_FILE, clean=True)
+
+    def fetch_lock(self) -> contextlib.AbstractContextManager:
+        return self._flock(FETCH_LOCK_FILE)
+
     @contextlib.contextmanager
-    def _lock(self) -> Iterator[None]:
+    def _flock(self, name: str, clean: bool = False) -> Iterator[None]:
         self._ensure_directory()
-        fd = os.open(self.directory / LOCK_FILE, os.O_RDWR | os.O_CREAT, 0o600)
+        fd = os.open(self.directory / name, os.O_RDWR | os.O_CREAT, 0o600)
         try:
             fcntl.flock(fd, fcntl.LOCK_EX)
+            if clean:
+                self._remove_stale_temp_files()
             yield
         finally:
             os.close(fd)  # closing releases the lock
+
+    def _remove_stale_temp_files(self) -> None:
+        # Every write holds the lock we now hold: a temporary file seen now belongs to a writer that died.
+        for path in self.directory.glob(f".*{TEMP_SUFFIX}"):
+            with contextlib.suppress(OSError):
+                path.unlink()
 
     def _ensure_directory(self) -> None:
         try:
@@ -148,7 +174,7 @@ class FileStore(Store):
 
 def write_atomically(path: Path, text: str) -> None:
     """Readers see the old file or the new one, never a mix; the file is created 0600."""
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")  # mkstemp: mode 0600
+    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=TEMP_SUFFIX)  # mkstemp: mode 0600
     try:
         with os.fdopen(fd, "w", encoding="utf-8") as f:
             f.write(text)

@@ -5,7 +5,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import yaml
+from xsoar_local.cache import YamlError, load_yml
 
 # Commands XSOAR provides to every integration without listing them under script.commands.
 TEST_MODULE = "test-module"
@@ -80,13 +80,14 @@ class Integration:
         return None
 
 
-def load_integration(yml_path: str | Path) -> Integration:
+def load_integration(yml_path: str | Path, cache_dir: Path | None = None) -> Integration:
+    """The yml's commands and parameters; with `cache_dir`, the parsed form is reused while the file is unchanged."""
     path = Path(yml_path).resolve()
     try:
-        raw = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+        raw = load_yml(path.read_bytes(), cache_dir, kind=f"integration-{path.stem}") or {}
     except OSError as e:
         raise ValueError(f"cannot read integration yml {path}: {e.strerror}") from e
-    except yaml.YAMLError as e:
+    except YamlError as e:
         raise ValueError(f"{path}: malformed yml: {e}") from e
     script = raw.get("script") or {}
     commands = {c["name"]: _command(c) for c in script.get("commands") or []}

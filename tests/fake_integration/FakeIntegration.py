@@ -40,7 +40,7 @@ def poll(args):
     done = int(args.get("round") or 1)
     status = "Succeeded" if done >= int(args["rounds"]) else "Pending"
     action = {"ID": args["action_id"], "Status": status}
-    entry = note(action, f"### Action {args['action_id']} is {status}\nround {done}",
+    entry = note(action, f"### Action {args['action_id']}\nAction {args['action_id']} is {status}, round {done}",
                  {"Fake.Action(val.ID && val.ID == obj.ID)": action})
     if status == "Pending":
         entry.update({"PollingCommand": "fake-poll", "NextRun": "10", "Timeout": "60",
