@@ -211,8 +211,10 @@ def test_each_area_needs_its_permission(server, path):
 def test_machine_vulnerability_quota_switch(server, api, tvm):
     admin = f"{server.info['admin_url']}/faults"
     machine = tvm.machines[0]["id"]
+    clock = f"{server.info['admin_url']}/clock"
     requests.post(admin, json={"rate_limit_per_minute": 50, "rate_limit_families": ["machine-vulnerabilities"]},
                   verify=server.info["ca_bundle"], timeout=10)
+    requests.post(clock, json={"frozen": True}, verify=server.info["ca_bundle"], timeout=10)  # one quota window
     try:
         statuses = [api.get(f"/api/machines/{machine}/vulnerabilities").status_code for _ in range(50)]
         assert statuses == [200] * 50
@@ -221,6 +223,7 @@ def test_machine_vulnerability_quota_switch(server, api, tvm):
         assert "50 per 00:01:00" in over.json()["error"]["message"]
         assert api.get("/api/Software", **{"$top": "1"}).status_code == 200  # other families are unaffected
     finally:
+        requests.post(clock, json={"frozen": False}, verify=server.info["ca_bundle"], timeout=10)
         requests.post(admin, json=DEFAULT_FAULTS, verify=server.info["ca_bundle"], timeout=10)
 
 
