@@ -557,9 +557,18 @@ class MsalHttpClient:
     bounded retries (via the injected clock) when Entra answers 5xx or the connection fails."""
 
     def __init__(self, session: requests.Session, network: Network, timeout: tuple[float, float], clock: Clock,
-                 retry_connection_errors: bool = True):
+                 retry_connection_errors: bool = True, single_use_grants: bool = False):
         self.session, self.network, self.timeout, self.clock = session, network, timeout, clock
         self.retry_connection_errors = retry_connection_errors
+        # An authorization code or a rotating refresh token is spent once Entra reads it: a POST that may have been
+        # sent (read timeout, connection dropped) is not sent again, or the replay fails with invalid_grant.
+        self.single_use_grants = single_use_grants
+
+    def _may_retry(self, method: str, exc: requests.RequestException) -> bool:
+        if not self.retry_connection_errors or isinstance(exc, requests.exceptions.SSLError):
+            return False
+        never_sent = isinstance(exc, requests.ConnectTimeout) or "Failed to establish a new connection" in str(exc)
+        return never_sent or not (self.single_use_grants and method == "POST")
 
     def _send(self, method: str, url: str, **kwargs: Any) -> requests.Response:
         kwargs.setdefault("timeout", self.timeout)
@@ -569,7 +578,7 @@ class MsalHttpClient:
                 response = self.session.request(method, url, verify=self.network.verify,
                                                 proxies=self.network.proxies, **kwargs)
             except (requests.ConnectionError, requests.Timeout) as exc:
-                if delay is None or not self.retry_connection_errors or isinstance(exc, requests.exceptions.SSLError):
+                if delay is None or not self._may_retry(method, exc):
                     raise
                 log_debug(f"{method} {where}: {type(exc).__name__}; retry {attempt} in {delay:.0f}s")
             else:
@@ -725,9 +734,12 @@ class TokenProvider:
         """A new token: (access token, lifetime in seconds, refresh token or None, other state to save)."""
         raise NotImplementedError
 
+    single_use_grants = False  # the flow redeems codes or rotating refresh tokens (see MsalHttpClient)
+
     def _http_client(self, timeout: tuple[float, float] = (CONNECT_TIMEOUT, READ_TIMEOUT), *,
                      retry_connection_errors: bool = True) -> MsalHttpClient:
-        return MsalHttpClient(self.session, self.network, timeout, self.clock, retry_connection_errors)
+        return MsalHttpClient(self.session, self.network, timeout, self.clock, retry_connection_errors,
+                              self.single_use_grants)
 
     def _token_from(self, result: dict, what: str) -> tuple[str, int, str | None, dict]:
         if "access_token" not in result:
@@ -837,6 +849,7 @@ class ClientCredentialsProvider(MsalConfidentialProvider):
 
 class AuthorizationCodeProvider(MsalConfidentialProvider):
     flow = FLOW_AUTH_CODE
+    single_use_grants = True
     settings: AuthorizationCodeSettings
 
     def validate(self) -> None:
@@ -1067,7 +1080,7 @@ def api_error_from(response: requests.Response, method: str, path: str) -> ApiEr
     else:
         message = (response.text or response.reason or "")[:500]
     status = response.status_code
-    retried = "it was retried. " if method == "GET" else ""
+    retried = "it was retried. " if method == "GET" and status in RETRYABLE_STATUSES else ""
     hint = STATUS_HINTS.get(status, f"Microsoft's service failed; {retried}Try again later." if status >= 500 else "")
     text = f"{method} {path} failed with HTTP {status}{' ' + code if code else ''}: {message}".rstrip(": ")
     if hint:
@@ -1110,13 +1123,14 @@ class Transport:
         return self.auth.provider
 
     def request(self, method: str, path: str, *, params: dict | None = None, json_body: Any = None,
-                expect: type | None = dict) -> Any:
+                files: dict | None = None, expect: type | None = dict) -> Any:
         """Sends one API call with the retry rules below and returns the parsed JSON. A success whose body is not
         what the endpoint documents (`expect`: a JSON object unless told otherwise; None accepts an empty body)
-        is an error naming the endpoint and status, never a half-read result."""
+        is an error naming the endpoint and status, never a half-read result. `files` sends a multipart/form-data
+        body instead of JSON (requests' `files` format)."""
         url = path if path.startswith("https://") else f"{self.api_url}/{path.lstrip('/')}"
         query = urlencode(params, quote_via=_quote_odata) if params else None
-        response = self._send(method, url, query, json_body)
+        response = self._send(method, url, query, json_body, files)
         if not response.ok:
             raise api_error_from(response, method, _display_path(url))
         if expect is None and (response.status_code == 204 or not response.content):
@@ -1126,7 +1140,7 @@ class Transport:
             raise ApiError(f"{where} with an empty body where Microsoft documents a JSON object.",
                            status=response.status_code, code="UnexpectedBody", ambiguous=method != "GET")
         try:
-            body = response.json()
+            body = json.loads(response.content)  # from the bytes: no decoded copy of a 20 MB page beside them
         except ValueError as exc:
             kind = "an HTML page" if "html" in response.headers.get("Content-Type", "").lower() else "a body"
             raise ApiError(f"{where} with {kind} that is not JSON; a proxy or gateway may have answered instead of "
@@ -1137,7 +1151,8 @@ class Transport:
                            status=response.status_code, code="UnexpectedBody", ambiguous=method != "GET")
         return body
 
-    def _send(self, method: str, url: str, query: str | None, json_body: Any) -> requests.Response:
+    def _send(self, method: str, url: str, query: str | None, json_body: Any,
+              files: dict | None = None) -> requests.Response:
         """429, and 5xx with Retry-After: wait as told and retry (any method: Microsoft says the call was not
         processed). Other 5xx and connection errors: retry reads with backoff; a write that may have reached the
         server is not repeated, and its error is marked ambiguous so the caller can look for what it created.
@@ -1146,8 +1161,9 @@ class Transport:
         is_read = method == "GET"
         while True:
             try:
-                response = self.session.request(method, url, params=query, json=json_body, auth=self.auth,
-                                                verify=self.verify, proxies=self.proxies, timeout=self.timeout)
+                response = self.session.request(method, url, params=query, json=json_body, files=files,
+                                                auth=self.auth, verify=self.verify, proxies=self.proxies,
+                                                timeout=self.timeout)
             except (requests.ConnectionError, requests.Timeout) as exc:
                 retryable = (is_read or isinstance(exc, requests.ConnectTimeout)) and not isinstance(
                     exc, requests.exceptions.SSLError)
@@ -1179,8 +1195,9 @@ class Transport:
 
     def paginate(self, path: str, params: dict | None = None, *, limit: int | None = None, offset: int = 0,
                  page_size: int = MAX_PAGE_SIZE) -> Iterator[dict]:
-        """Yields the items of an OData collection: follows @odata.nextLink when Microsoft sends one,
-        otherwise asks $top/$skip pages until a short page; stops on repeated links or pages."""
+        """Yields the items of an OData collection: follows @odata.nextLink when Microsoft sends one (on the host
+        asked), otherwise asks $top/$skip pages until a short page; stops on repeated links or pages. A page's
+        records are handed over one by one and not kept, so a walk of 50,000 machines holds one page at most."""
         url, skip, remaining = path, offset, limit
         seen_links: set[str] = set()
         previous_first: Any = None
@@ -1190,26 +1207,31 @@ class Transport:
                 return
             page_params = {**(params or {}), "$top": top, "$skip": skip} if url == path else None
             body = self.request("GET", url, params=page_params)
-            items = body.get("value") or []
-            first = items[0].get("id", json.dumps(items[0], sort_keys=True)) if items else None
-            if items and first == previous_first:
+            page, next_link = body.pop("value", None) or [], body.get("@odata.nextLink")
+            del body
+            first = page[0].get("id", json.dumps(page[0], sort_keys=True)) if page else None
+            if page and first == previous_first:
                 log_debug(f"GET {path}: the same page came back twice; stopping")
                 return
-            previous_first = first
-            taken = items if remaining is None else items[:remaining]
-            yield from taken
+            previous_first, served = first, len(page)
             if remaining is not None:
-                remaining -= len(taken)
-            next_link = body.get("@odata.nextLink")
+                del page[remaining:]
+                remaining -= len(page)
+            page.reverse()
+            while page:
+                yield page.pop()  # the caller maps it; the raw record is not kept here
             if next_link:
+                if not same_origin(next_link, url if url.startswith("https://") else self.api_url):
+                    log_debug(f"GET {path}: not following a next link to another host ({_display_path(next_link)})")
+                    return
                 if next_link in seen_links:
                     return
                 seen_links.add(next_link)
                 url = next_link
                 continue
-            if len(items) < top:
+            if served < top:
                 return
-            skip += len(items)
+            skip += served
         log_debug(f"GET {path}: stopped after {MAX_PAGES} pages")
 
     def get_values(self, path: str) -> list[dict]:
@@ -1244,6 +1266,12 @@ def segment(value: Any, name: str) -> str:
         raise ArgumentError(f"{name} cannot be used as '{text}': it must not be empty, '.' or '..', nor contain "
                             "/, \\, ?, # or %.")
     return quote(text, safe="")
+
+
+def same_origin(url: str, reference: str) -> bool:
+    """Whether `url` is on the host that was asked (the bearer token goes only there)."""
+    target, origin = urlparse(url), urlparse(reference)
+    return target.scheme == "https" and (target.hostname, target.port) == (origin.hostname, origin.port)
 
 
 def _display_path(url: str) -> str:
@@ -1498,13 +1526,18 @@ class ODataFilter:
 
     def any_of(self, *alternatives: "ODataFilter") -> "ODataFilter":
         """One clause that holds when any of the alternatives holds: `(a) or (b)`; empty ones are skipped."""
-        built = [clause for clause in (alternative.build() for alternative in alternatives) if clause]
-        if len(built) == 1:
-            self.clauses.append(built[0])
+        built = [alternative for alternative in alternatives if alternative.clauses]
+        if len(built) == 1:  # kept as it is, an `or` group with its parentheses
+            if built[0].is_or_group():
+                self.or_groups.add(len(self.clauses))
+            self.clauses.append(" and ".join(built[0].clauses))
         elif built:
             self.or_groups.add(len(self.clauses))
-            self.clauses.append("(" + " or ".join(f"({clause})" for clause in built) + ")")
+            self.clauses.append("(" + " or ".join(f"({' and '.join(b.clauses)})" for b in built) + ")")
         return self
+
+    def is_or_group(self) -> bool:
+        return len(self.clauses) == 1 and self.or_groups == {0}
 
     def verbatim(self, clause: str | None) -> "ODataFilter":
         """A clause the user wrote in OData (e.g. the `filters` argument), kept whole in parentheses."""
@@ -1513,7 +1546,7 @@ class ODataFilter:
         return self
 
     def build(self) -> str | None:
-        if self.clauses == self.clauses[:1] and self.or_groups == {0}:
+        if self.is_or_group():
             return self.clauses[0][1:-1]  # a lone `or` group needs no outer parentheses
         return " and ".join(self.clauses) or None
 
@@ -2165,9 +2198,10 @@ class MachineActionsApi:
     def offboard_machine(self, machine_id: str, comment: str) -> dict:
         return self.request("POST", f"machines/{segment(machine_id, 'machine_id')}/offboard", json_body={"Comment": comment})
 
-    def list_machine_actions(self, *, odata_filter: str | None = None, limit: int | None = None) -> list[dict]:
+    def list_machine_actions(self, *, odata_filter: str | None = None, limit: int | None = None,
+                             offset: int = 0) -> list[dict]:
         params = {"$filter": odata_filter} if odata_filter else {}
-        return list(self.paginate("machineactions", params, limit=limit))
+        return list(self.paginate("machineactions", params, limit=limit, offset=offset))
 
     def cancel_machine_action(self, action_id: str, comment: str) -> dict:
         return self.request("POST", f"machineactions/{segment(action_id, 'action_id')}/cancel", json_body={"Comment": comment})
@@ -2203,8 +2237,8 @@ def list_machine_actions_details_command(client: "Client", args: dict) -> Comman
     odata.eq("type", arg_choice(args.get("type"), "type", ACTION_TYPES))
     odata.eq("requestor", str(args.get("requestor") or "").strip())
     odata.verbatim(extra_filter_arg(args))
-    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=1)
-    actions = client.list_machine_actions(odata_filter=odata.build(), limit=limit)
+    paging = paging_args(args)
+    actions = client.list_machine_actions(odata_filter=odata.build(), limit=paging.limit, offset=paging.offset)
     return entity_result(MACHINE_ACTION, actions, "Machine actions")
 
 
@@ -2249,6 +2283,7 @@ class ActionCommand:
 class ActionTarget:
     machine_id: str
     file_sha1: str = ""
+    comment: str = ""  # what the request said; identifies the action if the answer to it was lost
 
 
 @dataclass
@@ -2292,7 +2327,8 @@ def find_action(client: "Client", command: ActionCommand, target: ActionTarget, 
              .eq("type", command.action_type).one_of("status", statuses)
              .compare("creationDateTimeUtc", "ge", created_since))
     candidates = [action for action in client.list_machine_actions(odata_filter=odata.build())
-                  if same_file(action, target.file_sha1)]
+                  if same_file(action, target.file_sha1)
+                  and (created_since is None or not target.comment or action.get("requestorComment") == target.comment)]
     return max(candidates, key=_created, default=None)
 
 
@@ -2460,7 +2496,8 @@ def run_machine_action(client: "Client", args: dict, command: ActionCommand, tar
 
 
 def machine_targets(args: dict) -> list[ActionTarget]:
-    return [ActionTarget(machine_id) for machine_id in machine_ids_arg(args)]
+    comment = str(args.get("comment") or "").strip()
+    return [ActionTarget(machine_id, comment=comment) for machine_id in machine_ids_arg(args)]
 
 
 ISOLATE = ActionCommand("microsoft-atp-isolate-machine", "Isolate")
@@ -2520,7 +2557,7 @@ def stop_and_quarantine_file_command(client: "Client", args: dict) -> Any:
     hashes = list(dict.fromkeys(validate_sha1(value) for value in arg_to_list(args.get("file_hash"))))
     if not hashes:
         raise ArgumentError("file_hash is required: one or more SHA-1 hashes, comma-separated.")
-    targets = [ActionTarget(machine_id, sha1) for machine_id in machine_ids_arg(args) for sha1 in hashes]
+    targets = [ActionTarget(machine_id, sha1, comment) for machine_id in machine_ids_arg(args) for sha1 in hashes]
     return run_machine_action(client, args, QUARANTINE, targets, lambda target: client.stop_and_quarantine_file(
         target.machine_id, comment, target.file_sha1))
 
@@ -3727,8 +3764,360 @@ def legacy_delete_indicator_command(client: "Client", args: dict) -> CommandResu
 # ============================================================================================
 
 
+LIVE_RESPONSE_ROLES = ("Machine.LiveResponse",)
+LIBRARY_ROLES = ("Library.Manage",)
+MAX_LIBRARY_FILE_BYTES = 20 * 1024 * 1024  # Microsoft's limit for a library file
+MAX_DEVICE_PATH = 1024  # characters; Windows long paths can be longer, but a live response path this long is a mistake
+MAX_FILE_NAME = 255
+MAX_SCRIPT_ARGUMENTS = 2048
+CONTROL_CHARACTERS = re.compile(r"[\x00-\x1f\x7f]")
+UNSAFE_NAME_CHARACTERS = re.compile(r"[\\/:*?\"<>|%#]")
+GZIP_MAGIC, ZIP_MAGIC = b"\x1f\x8b", b"PK\x03\x04"
+SCRIPT_OUTPUT_SHOWN = 10_000  # characters of script output in the War Room; context holds all of it
+LIVE_RESPONSE_FIELDS = (
+    "id", "type", "title", "requestor", "requestorComment", "status", "machineId", "computerDnsName",
+    "creationDateTimeUtc", "lastUpdateDateTimeUtc", "cancellationRequestor", "cancellationComment",
+    "cancellationDateTimeUtc", "errorHResult", "scope", "externalId", "requestSource", "relatedFileInfo", "commands",
+    "troubleshootInfo")
+TRANSCRIPT_FIELDS = ("script_name", "exit_code", "script_output", "script_errors")
+
+
+# The older integration passed live response actions through in Microsoft's camelCase; playbooks read them so.
+LIVE_RESPONSE_ACTION = EntitySpec({name: name for name in LIVE_RESPONSE_FIELDS + TRANSCRIPT_FIELDS},
+                                  path="LiveResponseAction", key=("id",),
+                                  headers=("id", "status", "machineId", "computerDnsName", "creationDateTimeUtc"))
+LIBRARY_FILE = EntitySpec({
+    "fileName": "FileName", "sha256": "Sha256", "description": "Description", "creationTime": "CreationTime",
+    "lastUpdatedTime": "LastUpdatedTime", "createdBy": "CreatedBy", "hasParameters": "HasParameters",
+    "parametersDescription": "ParametersDescription",
+}, path="LibraryFile", key=("FileName",))
+
+
 class LiveResponseApi:
     """Defender API calls of the live response and its library area (mixed into Client)."""
+
+    def run_live_response(self, machine_id: str, comment: str, commands: list[dict]) -> dict:
+        return self.request("POST", f"machines/{machine_id}/runliveresponse",
+                            json_body={"Commands": commands, "Comment": comment})
+
+    def get_machine_action(self, action_id: str) -> dict:
+        return self.request("GET", f"machineactions/{action_id}") or {}
+
+    def get_live_response_result_link(self, action_id: str, index: int) -> str:
+        body = self.request("GET", f"machineactions/{action_id}/GetLiveResponseResultDownloadLink(index={index})")
+        link = str((body or {}).get("value") or "").strip().strip('"')
+        if not link:
+            raise ApiError(f"Microsoft returned no download link for command {index} of live response session "
+                           f"{action_id}.")
+        return link
+
+    def list_library_files(self) -> list[dict]:
+        return self.get_values("libraryfiles")
+
+    def upload_library_file(self, file_name: str, content: bytes, *, description: str | None,
+                            parameters_description: str | None, override: bool) -> dict:
+        form = {"Description": description, "ParametersDescription": parameters_description,
+                "HasParameters": "true" if parameters_description else "false",
+                "OverrideIfExists": "true" if override else "false"}
+        return self.request("POST", "libraryfiles", files={
+            "File": (file_name, content, "application/octet-stream"),
+            **{name: (None, value) for name, value in form.items() if value is not None}}) or {}
+
+    def delete_library_file(self, file_name: str) -> None:
+        self.request("DELETE", f"libraryfiles/{segment(file_name, 'file_name')}", expect=None)
+
+
+def validate_library_name(value: str, name: str) -> str:
+    """A live response library file name: it is one URL path segment and names a file, never a path."""
+    text = str(value or "").strip()
+    if not text or text in (".", "..") or len(text) > MAX_FILE_NAME or UNSAFE_NAME_CHARACTERS.search(text) \
+            or CONTROL_CHARACTERS.search(text):
+        raise ArgumentError(f"{name} must be the name of a file in the live response library, e.g. collect.ps1: "
+                            f"1 to {MAX_FILE_NAME} characters, no path and none of \\ / : * ? \" < > | % # "
+                            f"(got '{value}'). See !microsoft-atp-list-library-files.")
+    return text
+
+
+def validate_device_path(value: str, name: str = "path") -> str:
+    text = str(value or "").strip()
+    if not text or len(text) > MAX_DEVICE_PATH or CONTROL_CHARACTERS.search(text):
+        raise ArgumentError(f"{name} must be the full path of a file on the machine, e.g. "
+                            f"C:\\Windows\\Temp\\file.txt, at most {MAX_DEVICE_PATH} characters (got '{value}').")
+    return text
+
+
+def script_arguments(args: dict) -> str:
+    text = str(args.get("arguments") or "").strip()
+    if len(text) > MAX_SCRIPT_ARGUMENTS or CONTROL_CHARACTERS.search(text):
+        raise ArgumentError(f"arguments must be one line of at most {MAX_SCRIPT_ARGUMENTS} characters.")
+    return text
+
+
+def live_response_command(kind: str, **params: str) -> dict:
+    """One command of a runliveresponse body, with Microsoft's (case-sensitive) parameter keys."""
+    return {"type": kind, "params": [{"key": key, "value": value} for key, value in params.items() if value]}
+
+
+def describe_command(command_record: dict) -> str:
+    """`RunScript collect.ps1 -Full` for a command as Microsoft returns or receives it."""
+    command_body = command_record.get("command", command_record) or {}
+    values = [str(param.get("value")) for param in command_body.get("params") or []]
+    return " ".join([str(command_body.get("type")), *values])
+
+
+def same_commands(action: dict, commands: list[dict]) -> bool:
+    asked = [describe_command(command_body) for command_body in commands]
+    return [describe_command(record) for record in action.get("commands") or []] == asked
+
+
+def busy_device_error(action: dict) -> IntegrationError:
+    action_id = action.get("id")
+    running = "; ".join(describe_command(record) for record in action.get("commands") or []) or "unknown commands"
+    return IntegrationError(
+        f"Machine {action.get('computerDnsName') or action.get('machineId')} already has an active live response "
+        f"session {action_id} ({action.get('status')}, requested by {action.get('requestor')} at "
+        f"{action.get('creationDateTimeUtc')}) running: {running}. Microsoft allows one session per device, so no "
+        f"new session was started. Wait for it with !microsoft-atp-list-machine-actions-details id={action_id} "
+        f"(then read its results with !microsoft-atp-live-response-result machine_action_id={action_id} "
+        f"command_index=0), or cancel it with !microsoft-atp-live-response-cancel-action "
+        f"machine_action_id={action_id} comment=<why>.")
+
+
+def session_creator(client: "Client", action_command: ActionCommand, comment: str,
+                    commands: list[dict]) -> Callable[[ActionTarget], dict]:
+    """Starts the session. When the device is busy with a session running the same commands, the polling machinery
+    follows that one (it re-raises Microsoft's error); a session running anything else is reported, not joined."""
+    def create(target: ActionTarget) -> dict:
+        try:
+            return client.run_live_response(target.machine_id, comment, commands)
+        except ApiError as exc:
+            if not is_already_pending(exc):
+                raise
+            pending = find_pending_action(client, action_command, target)
+            if pending is None or same_commands(pending, commands):
+                raise
+            raise busy_device_error(pending) from exc
+    return create
+
+
+def session_failure(action: dict) -> IntegrationError:
+    """Why a session did not succeed, with Microsoft's errors per command and the commands skipped after them."""
+    lines, failed = [], False
+    for record in action.get("commands") or []:
+        status = record.get("commandStatus")
+        what = f"command {record.get('index')} ({describe_command(record)})"
+        if status == "Failed":
+            failed = True
+            lines.append(f"- {what} failed: {'; '.join(map(str, record.get('errors') or [])) or 'no error detail'}")
+        elif status != "Completed":
+            lines.append(f"- {what} was skipped because an earlier command failed" if failed
+                         else f"- {what} did not run ({status})")
+    status = action.get("status")
+    if status == "Cancelled":
+        lines.insert(0, f"Cancelled by {action.get('cancellationRequestor')}: {action.get('cancellationComment')}")
+    detail = "\n".join(lines)
+    return IntegrationError(f"Live response session {action.get('id')} on "
+                            f"{action.get('computerDnsName') or action.get('machineId')} ended with status {status}"
+                            f" (errorHResult {action.get('errorHResult')}):\n{detail}")
+
+
+def finished_session(client: "Client", outcomes: list[ActionOutcome]) -> dict:
+    """The session with its commands (re-read when the status list left them out); raises unless it succeeded."""
+    action = next(outcome.action for outcome in outcomes if outcome.action)
+    if not action.get("commands"):
+        action = client.get_machine_action(str(action.get("id")))
+    if action.get("status") != "Succeeded":
+        raise session_failure(action)
+    return action
+
+
+def command_index(action: dict, kind: str) -> int:
+    return next((int(record.get("index", i)) for i, record in enumerate(action.get("commands") or [])
+                 if (record.get("command") or {}).get("type") == kind), 0)
+
+
+def download_name(device_path: str, data: bytes) -> str:
+    """The collected file's own name, with the extension of the container Microsoft wrapped it in."""
+    name = re.split(r"[\\/]", device_path)[-1] or "live_response_file"
+    if data.startswith(GZIP_MAGIC) and not name.lower().endswith(".gz"):
+        return f"{name}.gz"
+    if data.startswith(ZIP_MAGIC) and not name.lower().endswith(".zip"):
+        return f"{name}.zip"
+    return name
+
+
+def read_transcript(data: bytes, action_id: str) -> dict:
+    try:
+        transcript = json.loads(data)
+    except ValueError:
+        transcript = None
+    if not isinstance(transcript, dict):
+        raise ApiError(f"The RunScript result of live response session {action_id} is not the JSON transcript "
+                       "Microsoft documents (script_name, exit_code, script_output, script_errors).")
+    return {name: transcript.get(name) for name in TRANSCRIPT_FIELDS}
+
+
+def transcript_readable(transcript: dict, host: str) -> str:
+    def block(title: str, text: Any) -> str:
+        text = str(text or "")
+        shown = text[:SCRIPT_OUTPUT_SHOWN]
+        more = f"\n({len(text) - len(shown)} more characters in context)" if len(text) > len(shown) else ""
+        return f"#### {title}\n```\n{shown}\n```{more}" if text else f"#### {title}\n(none)"
+    return (f"### Script {transcript['script_name']} on {host}: exit code {transcript['exit_code']}\n"
+            f"{block('Output', transcript['script_output'])}\n{block('Errors', transcript['script_errors'])}")
+
+
+def with_transcript(result: CommandResult, action: dict, transcript: dict, readable: str) -> CommandResult:
+    """The session's context row (PreExisting kept) with the script's transcript merged in."""
+    key = LIVE_RESPONSE_ACTION.context_key()
+    row = (result.outputs.get(key) or [{}])[-1]
+    result.outputs = {key: [{**row, **to_context({**action, **transcript}, LIVE_RESPONSE_ACTION)}]}
+    result.readable = readable
+    result.raw = {**action, **transcript}
+    return result
+
+
+def run_session(client: "Client", args: dict, action_command: ActionCommand, commands: list[dict],
+                deliver: Callable[["Client", list[ActionOutcome], CommandResult], list]) -> Any:
+    """Starts (or resumes following) a one-command session on one machine with the machine actions' polling, and
+    hands the finished session to `deliver`."""
+    targets = [ActionTarget(validate_machine_id(arg_required(args, "machine_id")))]
+    comment = arg_required(args, "comment")
+    return run_machine_action(client, args, action_command, targets,
+                              session_creator(client, action_command, comment, commands), on_done=deliver)
+
+
+def session_command(name: str) -> ActionCommand:
+    return ActionCommand(name, "LiveResponse", ids_arg="machine_action_id", spec=LIVE_RESPONSE_ACTION)
+
+
+PUT_FILE = session_command("microsoft-atp-live-response-put-file")
+RUN_SCRIPT = session_command("microsoft-atp-live-response-run-script")
+GET_FILE = session_command("microsoft-atp-live-response-get-file")
+
+
+@command("microsoft-atp-live-response-put-file", LIVE_RESPONSE_ROLES)
+def live_response_put_file_command(client: "Client", args: dict) -> Any:
+    file_name = validate_library_name(arg_required(args, "file_name"), "file_name")
+
+    def deliver(client: "Client", outcomes: list[ActionOutcome], result: CommandResult) -> list:
+        action = finished_session(client, outcomes)
+        result.readable += (f"\n\n{file_name} is on {action.get('computerDnsName')}, in the Downloads folder of "
+                            "Defender for Endpoint.")
+        return [result]
+    return run_session(client, args, PUT_FILE, [live_response_command("PutFile", FileName=file_name)], deliver)
+
+
+@command("microsoft-atp-live-response-run-script", LIVE_RESPONSE_ROLES)
+def live_response_run_script_command(client: "Client", args: dict) -> Any:
+    script = validate_library_name(arg_required(args, "scriptName"), "scriptName")
+    commands = [live_response_command("RunScript", ScriptName=script, Args=script_arguments(args))]
+
+    def deliver(client: "Client", outcomes: list[ActionOutcome], result: CommandResult) -> list:
+        action = finished_session(client, outcomes)
+        link = client.get_live_response_result_link(str(action["id"]), command_index(action, "RunScript"))
+        transcript = read_transcript(client.download(link), str(action["id"]))
+        readable = f"{result.readable}\n\n{transcript_readable(transcript, str(action.get('computerDnsName')))}"
+        return [with_transcript(result, action, transcript, readable)]
+    return run_session(client, args, RUN_SCRIPT, commands, deliver)
+
+
+@command("microsoft-atp-live-response-get-file", LIVE_RESPONSE_ROLES)
+def live_response_get_file_command(client: "Client", args: dict) -> Any:
+    path = validate_device_path(arg_required(args, "path"))
+
+    def deliver(client: "Client", outcomes: list[ActionOutcome], result: CommandResult) -> list:
+        action = finished_session(client, outcomes)
+        data = client.download(client.get_live_response_result_link(str(action["id"]),
+                                                                     command_index(action, "GetFile")))
+        return [result, file_entry(download_name(path, data), data)]
+    return run_session(client, args, GET_FILE, [live_response_command("GetFile", Path=path)], deliver)
+
+
+@command("microsoft-atp-live-response-result", MACHINE_READ)
+def live_response_result_command(client: "Client", args: dict) -> Any:
+    action_id = validate_action_id(arg_required(args, "machine_action_id"), "machine_action_id")
+    index = arg_to_int(arg_required(args, "command_index"), "command_index", minimum=0)
+    action = client.get_machine_action(action_id)
+    commands = action.get("commands") or []
+    if action.get("type") != "LiveResponse" or index >= len(commands):
+        raise ArgumentError(f"command_index {index} does not name a command of live response session {action_id}: "
+                            f"it is a {action.get('type')} action with {len(commands)} command(s), numbered from 0.")
+    record = commands[index]
+    if record.get("commandStatus") != "Completed":
+        raise IntegrationError(f"Command {index} ({describe_command(record)}) of live response session {action_id} "
+                               f"has no result: its status is {record.get('commandStatus')}"
+                               f"{' (' + '; '.join(map(str, record['errors'])) + ')' if record.get('errors') else ''}"
+                               f", and the session's is {action.get('status')}.")
+    data = client.download(client.get_live_response_result_link(action_id, index))
+    kind = (record.get("command") or {}).get("type")
+    result = entity_result(LIVE_RESPONSE_ACTION, action, f"Live response session {action_id}")
+    if kind == "RunScript":
+        transcript = read_transcript(data, action_id)
+        return with_transcript(result, action, transcript,
+                               transcript_readable(transcript, str(action.get("computerDnsName"))))
+    values = [str(p.get("value")) for p in (record.get("command") or {}).get("params") or []]
+    return [result, file_entry(download_name(values[0] if values else f"{action_id}_{index}", data), data)]
+
+
+@command("microsoft-atp-live-response-cancel-action", LIVE_RESPONSE_ROLES)
+def live_response_cancel_action_command(client: "Client", args: dict) -> CommandResult:
+    action_id = validate_action_id(arg_required(args, "machine_action_id"), "machine_action_id")
+    action = client.cancel_machine_action(action_id, arg_required(args, "comment"))
+    return CommandResult(f"### Live response session {action_id}\nCancellation requested; the session's status is "
+                         f"now {action.get('status')}.", raw=action)
+
+
+@command("microsoft-atp-list-library-files", LIBRARY_ROLES)
+def list_library_files_command(client: "Client", args: dict) -> CommandResult:
+    paging = paging_args(args)
+    files = client.list_library_files()
+    end = None if paging.limit is None else paging.offset + paging.limit
+    return entity_result(LIBRARY_FILE, files[paging.offset:end], "Live response library")
+
+
+def library_upload_source(entry_id: str) -> tuple[str, str]:
+    """(local path, file name) of a War Room file entry; in the CLI the entry id is a local path."""
+    try:
+        found = demisto.getFilePath(entry_id)
+    except Exception as exc:  # the platform raises its own error types for unknown entries
+        raise ArgumentError(f"entry_id '{entry_id}' is not a file entry (in the mde CLI: a readable local file): "
+                            f"{exc}") from None
+    path = str((found or {}).get("path") or "")
+    if not path or not os.path.isfile(path):
+        raise ArgumentError(f"entry_id '{entry_id}' does not lead to a readable file.")
+    return path, str(found.get("name") or os.path.basename(path))
+
+
+@command("microsoft-atp-upload-library-file", LIBRARY_ROLES)
+def upload_library_file_command(client: "Client", args: dict) -> CommandResult:
+    path, name = library_upload_source(arg_required(args, "entry_id"))
+    file_name = validate_library_name(name, "the file's name")
+    size = os.path.getsize(path)
+    if size > MAX_LIBRARY_FILE_BYTES:
+        raise ArgumentError(f"{file_name} is {size:,} bytes; the live response library takes files up to 20 MB "
+                            f"({MAX_LIBRARY_FILE_BYTES:,} bytes).")
+    with open(path, "rb") as handle:
+        content = handle.read()
+    override = arg_to_bool(args.get("override_if_exists"), "override_if_exists")
+    try:
+        record = client.upload_library_file(
+            file_name, content, description=str(args.get("description") or "").strip() or None,
+            parameters_description=str(args.get("parameters_description") or "").strip() or None, override=override)
+    except ApiError as exc:
+        if exc.status == 400 and not override and "exist" in str(exc).lower():
+            raise IntegrationError(f"{exc}\nTo replace the library's {file_name}, run the command again with "
+                                   "override_if_exists=true.") from None
+        raise
+    return entity_result(LIBRARY_FILE, record or {"fileName": file_name}, f"Uploaded {file_name} to the live "
+                                                                          "response library")
+
+
+@command("microsoft-atp-delete-library-file", LIBRARY_ROLES)
+def delete_library_file_command(client: "Client", args: dict) -> CommandResult:
+    file_name = validate_library_name(arg_required(args, "file_name"), "file_name")
+    client.delete_library_file(file_name)
+    return CommandResult(f"Deleted {file_name} from the live response library.")
 
 
 # ============================================================================================
@@ -3736,8 +4125,189 @@ class LiveResponseApi:
 # ============================================================================================
 
 
+FILE_READ = ("File.Read.All",)
+MAX_LOOK_BACK_HOURS = 720  # Microsoft's limit (30 days), also its default
+DBOT_UNKNOWN, DBOT_GOOD, DBOT_BAD = 0, 1, 3
+DEFAULT_RELIABILITY = "B - Usually reliable"  # the Source Reliability parameter's default in the yml
+UNKNOWN_FILE_NOTE = "not known to Microsoft Defender for Endpoint"
+MD5_NOTE = "Microsoft Defender for Endpoint cannot look files up by MD5; use the SHA-1 or SHA-256"
+# The platform's standard merge rules for File and DBotScore.
+STANDARD_FILE_KEY = ("File(val.MD5 && val.MD5 == obj.MD5 || val.SHA1 && val.SHA1 == obj.SHA1 || val.SHA256 && "
+                     "val.SHA256 == obj.SHA256 || val.SHA512 && val.SHA512 == obj.SHA512 || val.CRC32 && "
+                     "val.CRC32 == obj.CRC32 || val.CTPH && val.CTPH == obj.CTPH || val.SSDeep && "
+                     "val.SSDeep == obj.SSDeep)")
+DBOT_SCORE_KEY = context_key("DBotScore", "Indicator", "Vendor", "Type")
+
+FILE = ALERT_FILE.extend(path="File", key=("Sha1",), fields={**ALERT_FILE.fields, "md5": "MD5"},
+                         headers=("Sha1", "Sha256", "DeterminationType", "DeterminationValue", "Signer", "Size",
+                                  "FileType", "GlobalPrevalence"))
+STANDARD_FILE = EntitySpec({
+    "sha1": "SHA1", "sha256": "SHA256", "md5": "MD5", "size": "Size", "fileType": "Type", "filePublisher": "Company",
+    "fileProductName": "ProductName",
+}, derived=lambda record: {"DigitalSignature": {"Publisher": record["signer"]}} if record.get("signer") else {})
+FILE_PREVALENCE = EntitySpec({
+    "organizationPrevalence": "OrgPrevalence", "orgFirstSeen": "OrgFirstSeen", "orgLastSeen": "OrgLastSeen",
+    "globalPrevalence": "GlobalPrevalence", "globallyPrevalence": "GloballyPrevalence",
+    "globalFirstObserved": "GlobalFirstObserved", "globalLastObserved": "GlobalLastObserved",
+    "topFileNames": "TopFileNames",
+    # Both spellings stay in context: playbooks read OrganizationPrevalence and GlobalPrevalence too.
+}, derived=lambda stats: {"OrganizationPrevalence": stats.get("organizationPrevalence"),
+                          "GlobalPrevalence": stats.get("globalPrevalence", stats.get("globallyPrevalence")),
+                          "GloballyPrevalence": stats.get("globallyPrevalence", stats.get("globalPrevalence"))})
+FILE_STATISTICS = EntitySpec({"sha1": "Sha1"}, path="FileStatistics", key=("Sha1",),
+                             derived=lambda stats: {"Statistics": to_context(stats, FILE_PREVALENCE)})
+STANDARD_FILE_PREVALENCE = EntitySpec({
+    "sha1": "SHA1", "organizationPrevalence": "OrganizationPrevalence", "globalPrevalence": "GlobalPrevalence",
+    "globallyPrevalence": "GlobalPrevalence", "orgFirstSeen": "OrganizationFirstSeen",
+    "orgLastSeen": "OrganizationLastSeen", "globalFirstObserved": "FirstSeenBySource",
+    "globalLastObserved": "LastSeenBySource",
+})
+IP_PREVALENCE = EntitySpec({"ipAddress": "IPAddress", "organizationPrevalence": "OrgPrevalence",
+                            "orgFirstSeen": "OrgFirstSeen", "orgLastSeen": "OrgLastSeen"},
+                           path="IPStatistics.Statistics", key=("IPAddress",))
+DOMAIN_PREVALENCE = EntitySpec({"host": "Host", "organizationPrevalence": "OrgPrevalence",
+                                "orgFirstSeen": "OrgFirstSeen", "orgLastSeen": "OrgLastSeen"},
+                               path="DomainStatistics.Statistics", key=("Host",))
+
+
 class ReputationApi:
     """Defender API calls of the file, IP and domain reputation and statistics area (mixed into Client)."""
+
+    def get_file(self, file_hash: str) -> dict:
+        return self.request("GET", f"files/{file_hash}") or {}
+
+    def get_file_statistics(self, file_hash: str, look_back: dict) -> dict:
+        return self.request("GET", f"files/{file_hash}/stats", params=look_back) or {}
+
+    def get_ip_statistics(self, ip: str, look_back: dict) -> dict:
+        return self.request("GET", f"ips/{segment(ip, 'ip')}/stats", params=look_back) or {}
+
+    def get_domain_statistics(self, domain: str, look_back: dict) -> dict:
+        return self.request("GET", f"domains/{segment(domain, 'domain')}/stats", params=look_back) or {}
+
+
+def validate_file_hash(value: str, name: str) -> str:
+    if not (SHA1.match(value) or SHA256.match(value) or MD5.match(value)):
+        raise ArgumentError(f"{name} must be file hashes: SHA-1 (40), SHA-256 (64) or MD5 (32) hexadecimal "
+                            f"characters (got '{value}').")
+    return value.lower()
+
+
+def file_hashes_arg(args: dict, name: str) -> list[str]:
+    hashes = list(dict.fromkeys(validate_file_hash(value, name) for value in arg_to_list(args.get(name))))
+    if not hashes:
+        raise ArgumentError(f"{name} is required: one or more file hashes, comma-separated.")
+    return hashes
+
+
+def hash_kind(file_hash: str) -> str:
+    return {40: "SHA1", 64: "SHA256", 32: "MD5"}[len(file_hash)]
+
+
+def look_back_arg(args: dict) -> dict:
+    hours = arg_to_int(args.get("lookBackHours"), "lookBackHours", minimum=1, maximum=MAX_LOOK_BACK_HOURS)
+    return {} if hours is None else {"lookBackHours": hours}
+
+
+def verdict_score(determination: Any) -> int:
+    verdict = str(determination or "").strip().lower()
+    if verdict == "clean":
+        return DBOT_GOOD
+    return DBOT_UNKNOWN if verdict in ("", "unknown") else DBOT_BAD
+
+
+def source_reliability() -> str:
+    return str(demisto.params().get("Reliability") or DEFAULT_RELIABILITY)
+
+
+def find_file(client: "Client", file_hash: str) -> dict | None:
+    """Microsoft's record of a file; None when Microsoft does not know it or cannot look it up (MD5)."""
+    if MD5.match(file_hash):
+        return None
+    try:
+        return client.get_file(file_hash) or None
+    except ApiError as exc:
+        if exc.status == 404:
+            return None
+        raise
+
+
+def standard_file(file_hash: str, record: dict | None, score: int | None) -> dict:
+    if not record:
+        return {hash_kind(file_hash): file_hash}
+    context = {key: value for key, value in to_context(record, STANDARD_FILE).items() if value not in (None, "")}
+    if score == DBOT_BAD:
+        context["Malicious"] = {"Vendor": VENDOR, "Description": record.get("determinationValue")
+                                or record.get("determinationType")}
+    return context
+
+
+def file_lookup_result(client: "Client", args: dict, name: str, *, scores: bool) -> CommandResult:
+    """The file info of each hash (and, for reputation, its DBotScore), unknown hashes as notes."""
+    found, failed = call_for_each(file_hashes_arg(args, name), lambda file_hash: find_file(client, file_hash),
+                                  "File lookup")
+    reliability = source_reliability() if scores else ""
+    files, standard, dbot, rows = [], [], [], []
+    for file_hash, record in found:
+        score = verdict_score((record or {}).get("determinationType")) if scores else None
+        standard.append(standard_file(file_hash, record, score))
+        if record:
+            files.append(to_context(record, FILE))
+        if scores:
+            dbot.append({"Indicator": file_hash, "Type": "file", "Vendor": VENDOR, "Score": score,
+                         "Reliability": reliability})
+        note = "" if record else MD5_NOTE if hash_kind(file_hash) == "MD5" else UNKNOWN_FILE_NOTE
+        rows.append({"Hash": file_hash, "Verdict": (record or {}).get("determinationType"), "Score": score,
+                     "Threat": (record or {}).get("determinationValue"), "Signer": (record or {}).get("signer"),
+                     "Size": (record or {}).get("size"), "Note": note})
+    outputs: dict[str, Any] = {}
+    if files:
+        outputs[FILE.context_key()] = files
+    if scores or files:
+        outputs[STANDARD_FILE_KEY] = standard
+    if dbot:
+        outputs[DBOT_SCORE_KEY] = dbot
+    headers = ["Hash", "Verdict", *(["Score"] if scores else []), "Threat", "Signer", "Size", "Note"]
+    readable = markdown_table("Microsoft Defender for Endpoint files", rows, headers)
+    return CommandResult(readable + failures_readable(failed, "Hash"), outputs,
+                         raw=[record for _, record in found if record])
+
+
+@command("file", FILE_READ)
+def file_command(client: "Client", args: dict) -> CommandResult:
+    return file_lookup_result(client, args, "file", scores=True)
+
+
+@command("microsoft-atp-get-file-info", FILE_READ)
+def get_file_info_command(client: "Client", args: dict) -> CommandResult:
+    return file_lookup_result(client, args, "hash", scores=False)
+
+
+@command("microsoft-atp-get-file-statistics", FILE_READ)
+def get_file_statistics_command(client: "Client", args: dict) -> CommandResult:
+    file_hash = validate_file_hash(arg_required(args, "file_hash"), "file_hash")
+    if hash_kind(file_hash) == "MD5":
+        raise ArgumentError(f"file_hash: {MD5_NOTE} (got an MD5 hash).")
+    stats = client.get_file_statistics(file_hash, look_back_arg(args))
+    result = entity_result(FILE_STATISTICS, stats, "")
+    result.readable = markdown_table(f"Prevalence of file {file_hash}",
+                                     {"Sha1": stats.get("sha1"), **to_context(stats, FILE_PREVALENCE)})
+    result.outputs[STANDARD_FILE_KEY] = to_context(stats, STANDARD_FILE_PREVALENCE)
+    return result
+
+
+@command("microsoft-atp-get-ip-statistics", ("Ip.Read.All",))
+def get_ip_statistics_command(client: "Client", args: dict) -> CommandResult:
+    ip = validate_ip(arg_required(args, "ip"))
+    stats = client.get_ip_statistics(ip, look_back_arg(args))
+    return entity_result(IP_PREVALENCE, stats, f"Prevalence of IP address {ip}")
+
+
+@command("microsoft-atp-get-domain-statistics", ("URL.Read.All",))
+def get_domain_statistics_command(client: "Client", args: dict) -> CommandResult:
+    domain = validate_domain(arg_required(args, "domain"))
+    stats = client.get_domain_statistics(domain, look_back_arg(args))
+    return entity_result(DOMAIN_PREVALENCE, stats, f"Prevalence of domain {domain}")
 
 
 # ============================================================================================

@@ -84,12 +84,16 @@ def tour(emulator: Emulator, workdir: Path) -> None:
         highlight(t, ready)
 
 
-def respond_to_a_host(t: Tour, ready: dict) -> None:
-    t.step("Find a host by name, isolate it and wait until Microsoft reports Succeeded, then release it")
-    found = json.loads(t.run("client-credentials", "microsoft-atp-get-machines", "os_platform=Windows11",
+def first_machine(t: Tour, os_platform: str) -> dict:
+    found = json.loads(t.run("client-credentials", "microsoft-atp-get-machines", f"os_platform={os_platform}",
                              "page_size=1", options=("--json",)))
     machine = found["MicrosoftATP.Machine"]
-    machine = machine[0] if isinstance(machine, list) else machine
+    return machine[0] if isinstance(machine, list) else machine
+
+
+def respond_to_a_host(t: Tour, ready: dict) -> None:
+    t.step("Find a host by name, isolate it and wait until Microsoft reports Succeeded, then release it")
+    machine = first_machine(t, "Windows11")
     hostname = machine["ComputerDNSName"].split(".")[0]
     t.run("client-credentials", "microsoft-atp-get-machines", f"hostname={hostname}")
     polling = ("--poll-interval-override", "1")
@@ -97,6 +101,14 @@ def respond_to_a_host(t: Tour, ready: dict) -> None:
           "comment=Contain while IR-1042 is investigated", "isolation_type=Full", options=polling)
     t.run("client-credentials", "microsoft-atp-unisolate-machine", f"machine_id={machine['ID']}",
           "comment=IR-1042 closed", options=polling)
+
+
+def retrieve_a_file_from_a_host(t: Tour, ready: dict) -> None:
+    t.step("Retrieve a file from a host with live response (saved gzip-compressed, as Microsoft delivers it)")
+    machine = first_machine(t, "Windows10")
+    t.run("client-credentials", "microsoft-atp-live-response-get-file", f"machine_id={machine['ID']}",
+          "comment=IR-1042: collect the hosts file", "path=C:\\Windows\\System32\\drivers\\etc\\hosts",
+          options=("--poll-interval-override", "1"))
 
 
 def alerts_and_fetch(t: Tour, ready: dict) -> None:
@@ -137,7 +149,8 @@ def what_to_patch_first(t: Tour, ready: dict) -> None:
     t.run("client-credentials", "microsoft-atp-list-remediation-tasks", "status=Active", "limit=5")
 
 
-HIGHLIGHTS = [respond_to_a_host, alerts_and_fetch, block_a_hash, what_to_patch_first]
+HIGHLIGHTS = [respond_to_a_host, retrieve_a_file_from_a_host, alerts_and_fetch, block_a_hash,
+              what_to_patch_first]
 
 
 def main() -> int:

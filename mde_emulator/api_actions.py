@@ -8,17 +8,14 @@ effects of succeeded actions (isolation state, offboarding).
 from __future__ import annotations
 
 import datetime as dt
-import hashlib
-import hmac
 import io
 import zipfile
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
-from urllib.parse import urlencode
 
-from .common import SHA1_RE, check_body, get_machine
+from .common import SHA1_RE, check_body, get_action, get_machine, link_refused, signed_link
 from .odata import DATETIME, STR, Schema, format_datetime
-from .web import ApiError, Request, Response, Route, entity, not_found, require_body, serve_collection
+from .web import ApiError, Request, Response, Route, entity, require_body, serve_collection
 
 if TYPE_CHECKING:
     from .server import Emulator
@@ -79,6 +76,10 @@ def advance_actions(emu: Emulator) -> None:
     with store.lock:
         for action_id, plan in list(store.action_plans.items()):
             action = store.actions_by_id[action_id]
+            if "advance" in plan:  # e.g. a live response session, which moves command by command
+                if plan["advance"](emu, action, plan, now):
+                    del store.action_plans[action_id]
+                continue
             elapsed = now - plan["start"]
             if elapsed >= plan["delay"]:
                 action["status"] = plan["outcome"]
@@ -170,13 +171,6 @@ def start_investigation(request: Request) -> Response:
     return entity(request, "Investigations", investigation, status=201)
 
 
-def get_action(request: Request) -> dict:
-    action = request.emu.store.actions_by_id.get(request.params["id"].lower())
-    if action is None:
-        raise not_found("Machine action", request.params["id"])
-    return action
-
-
 def list_actions(request: Request) -> Response:
     return serve_collection(request, list(request.emu.store.actions), MACHINE_ACTIONS)
 
@@ -201,35 +195,21 @@ def cancel_action(request: Request) -> Response:
         return entity(request, "MachineActions", dict(action))
 
 
-def _package_signature(emu: Emulator, action_id: str, expires: int) -> str:
-    return hmac.new(emu.package_key, f"{action_id}:{expires}".encode(), hashlib.sha256).hexdigest()
-
-
 def package_uri(request: Request) -> Response:
     action = get_action(request)
     if action["type"] != "CollectInvestigationPackage" or action["status"] != "Succeeded":
         raise ApiError(404, "ResourceNotFound", f"Investigation package for action {action['id']} is not "
                                                 "available.")
-    emu = request.emu
-    expires = int(emu.clock.now()) + PACKAGE_LINK_LIFETIME
-    query = urlencode({"se": expires, "sig": _package_signature(emu, action["id"], expires)})
-    return Response.json(200, {"@odata.context": f"{emu.base_url}/api/$metadata#Edm.String",
-                               "value": f"{emu.base_url}/download/package/{action['id']}?{query}"})
+    return signed_link(request.emu, f"/download/package/{action['id']}", PACKAGE_LINK_LIFETIME)
 
 
 def download_package(request: Request) -> Response:
     """The short-lived link from getPackageUri: no bearer token, the signature in the URL authorises it."""
+    refused = link_refused(request)
+    if refused:
+        return refused
     emu = request.emu
     action_id = request.params["id"].lower()
-    try:
-        expires = int(request.query.get("se", ""))
-    except ValueError:
-        expires = 0
-    expected = _package_signature(emu, action_id, expires)
-    if not hmac.compare_digest(expected, request.query.get("sig", "")) or expires < emu.clock.now():
-        return Response(403, b"<?xml version=\"1.0\" encoding=\"utf-8\"?><Error><Code>AuthenticationFailed</Code>"
-                             b"<Message>Signature not valid or expired.</Message></Error>",
-                        {"Content-Type": "application/xml"})
     action = emu.store.actions_by_id.get(action_id)
     if action is None:
         return Response(404, b"", {"Content-Type": "application/xml"})

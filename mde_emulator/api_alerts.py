@@ -3,9 +3,8 @@
 from __future__ import annotations
 
 import datetime as dt
-import ipaddress
 
-from .common import DOMAIN_RE, SHA1_RE, check_body, get_machine
+from .common import DOMAIN_RE, SHA1_RE, check_body, check_ip, get_machine
 from .odata import DATETIME, INT, STR, ODataError, Schema, format_datetime, parse_datetime, parse_options, project
 from .web import ApiError, Request, Response, Route, collection, entity, not_found, require_body, serve_collection
 
@@ -245,11 +244,7 @@ def get_file(request: Request) -> Response:
 
 
 def ip_alerts(request: Request) -> Response:
-    ip = request.params["ip"]
-    try:
-        ipaddress.ip_address(ip)
-    except ValueError:
-        raise ApiError(400, "InvalidIpAddress", f"'{ip}' is not a valid IP address.") from None
+    ip = check_ip(request.params["ip"])
     return _alerts_with_evidence(request, lambda e: e["ipAddress"] == ip)
 
 

@@ -71,6 +71,7 @@ INVESTIGATION_STATES = ["Running", "SuccessfullyRemediated", "Benign", "Failed",
                         "PendingApproval", "TerminatedBySystem", "UnsupportedAlertType"]
 FILE_NAMES = ["invoice.exe", "mimikatz.exe", "update.ps1", "svch0st.exe", "payload.dll", "setup.msi",
               "report.docm", "agent.bin", "loader.js", "tool.exe"]
+SIGNED_FILES = ("setup.msi",)
 DOMAIN_WORDS = ["login-portal", "cdn-update", "files-share", "secure-docs", "payroll", "m1crosoft-support",
                 "invoice-center", "track-parcel"]
 
@@ -251,6 +252,10 @@ class Store:
             "determinationValue": rng.choice(["Trojan:Win32/Wacatac.B!ml", "HackTool:Win32/Mimikatz", ""]),
             "fileName": name,
         }
+        if name in SIGNED_FILES:  # known-good installers: signed and Clean, so reputation has a good verdict
+            record.update(filePublisher="Contoso Ltd", fileProductName="Contoso Setup", signer="Contoso Ltd",
+                          issuer="Contoso Code Signing CA", signerHash=sha1[::-1], isValidCertificate=True,
+                          determinationType="Clean", determinationValue="")
         self.files[sha1] = record
         return record
 

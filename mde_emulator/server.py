@@ -33,7 +33,17 @@ from urllib.parse import parse_qs, unquote, urlsplit
 
 import trustme
 
-from . import admin, api_actions, api_alerts, api_indicators, api_machines, api_tvm, identity
+from . import (
+    admin,
+    api_actions,
+    api_alerts,
+    api_indicators,
+    api_live_response,
+    api_machines,
+    api_reputation,
+    api_tvm,
+    identity,
+)
 from .clock import Clock
 from .data import Store
 from .identity import EntraError, Identity
@@ -47,7 +57,8 @@ GARBLE_KINDS = ("html", "malformed", "empty")
 GARBLED_BODIES = {"html": (b"<html><body><h1>502 Bad Gateway</h1></body></html>", "text/html"),
                   "malformed": (b'{"id": "', "application/json"), "empty": (b"", "application/json")}
 API_ERROR_CODES = {500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout"}
-ROUTE_MODULES = (identity, api_machines, api_actions, api_alerts, api_indicators, api_tvm)
+ROUTE_MODULES = (identity, api_machines, api_actions, api_alerts, api_indicators, api_live_response, api_reputation,
+                 api_tvm)
 
 
 def assemble_routes(emu: Emulator, modules=ROUTE_MODULES) -> list[Route]:

@@ -409,3 +409,20 @@ def test_an_unexpected_msal_exception_is_an_error_entry_without_secrets(xsoar, r
     assert run.error == "The token request failed: RuntimeError: internal state broken near <redacted>"
     assert capfd.readouterr().err == ""
     assert "token_lease" not in xsoar.context
+
+
+@pytest.mark.parametrize(("single_use", "failure", "calls"), [
+    (True, requests.exceptions.ReadTimeout, 1),  # the code or refresh token may be spent: never replayed
+    (True, requests.exceptions.ConnectTimeout, 4),  # never reached Entra: safe to send again
+    (False, requests.exceptions.ReadTimeout, 4),  # client credentials can be asked for again
+])
+def test_token_posts_are_replayed_only_when_that_cannot_spend_a_grant(requests_mock, single_use, failure, calls):
+    url = "https://login.microsoftonline.com/tenant/oauth2/v2.0/token"
+    route = requests_mock.post(url, exc=failure)
+    clock = FakeClock()
+    http = mde.MsalHttpClient(requests.Session(), mde.Network(), (1, 1), clock, single_use_grants=single_use)
+
+    with pytest.raises(failure):
+        http.post(url, data={"grant_type": "refresh_token"})
+    assert route.call_count == calls
+    assert clock.sleeps == [1.0, 2.0, 4.0][:calls - 1]

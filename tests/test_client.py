@@ -256,3 +256,22 @@ def test_relative_and_iso_times():
     assert mde.format_datetime(mde.arg_to_datetime("2024-05-01T10:00:00.1234567Z", "t")) == (
         "2024-05-01T10:00:00.123456Z")
     assert mde.arg_choice("full", "isolation_type", ["Full", "Selective"]) == "Full"
+
+
+def test_a_nested_or_group_keeps_its_parentheses_beside_other_clauses():
+    def f() -> mde.ODataFilter:
+        return mde.ODataFilter()
+
+    nested = f().eq("c", 3).any_of(f().any_of(f().eq("a", 1), f().eq("b", 2))).build()
+    assert nested == "c eq 3 and ((a eq 1) or (b eq 2))"
+    assert f().any_of(f().any_of(f().eq("a", 1), f().eq("b", 2))).build() == "(a eq 1) or (b eq 2)"
+    assert f().any_of(f().eq("a", 1).eq("b", 2), f().eq("c", 3)).build() == "(a eq 1 and b eq 2) or (c eq 3)"
+
+
+def test_paging_never_follows_a_next_link_to_another_host(client, requests_mock):
+    first = requests_mock.get(f"{API}/machines", json={"value": [{"id": "1"}],
+                                                       "@odata.nextLink": "https://evil.example/api/machines?page=2"})
+    stolen = requests_mock.get("https://evil.example/api/machines", json={"value": [{"id": "2"}]})
+
+    assert [m["id"] for m in client.paginate("machines", page_size=1)] == ["1"]
+    assert first.call_count == 1 and stolen.call_count == 0

@@ -26,7 +26,7 @@ IMPLEMENTED_AREAS = {
     # indicators
     "indicators_sc", "indicators_legacy_graph",
     # live response and reputation
-
+    "live_response", "entity_lookups_reputation",
     # vulnerability management
     "tvm",
 }

@@ -54,3 +54,16 @@ def test_an_action_created_by_an_ambiguous_request_is_reported_once(lab, spare_m
     assert api_requests(lab.emulator, "POST /api/machines/{id}/restrictCodeExecution") == 1
     created = actions_of(lab, machine_id, "RestrictCodeExecution")
     assert [action["ID"] for action in created] == [reported[0]["ID"]]
+
+
+def test_an_action_that_fails_on_some_machines_exits_3_and_reports_each_machine(lab, spare_machines):
+    machine_id = spare_machines[0]
+    result = lab.mde.run(lab.instances["client-credentials"], "microsoft-atp-run-antivirus-scan",
+                         f"machine_id={machine_id},not-a-machine", "comment=e2e partial", "scan_type=Quick",
+                         "polling=false", options=("--json",))
+
+    assert result.returncode == 3, result.stderr
+    assert "warning: RunAntiVirusScan failed for 1 of 2 machines" in result.stderr
+    outcomes = {row["MachineID"]: row for row in as_list(json.loads(result.stdout)["MicrosoftATP.MachineAction"])}
+    assert outcomes[machine_id].get("ID") and outcomes["not-a-machine"]["Status"] == "Failed"
+    assert "machine_id must be a machine ID" in outcomes["not-a-machine"]["Error"]

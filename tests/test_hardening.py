@@ -56,6 +56,18 @@ PATH_ARGUMENTS = [
     ("microsoft-atp-get-user-alerts", "username", {}),
     ("microsoft-atp-list-investigations", "id", {}),
     ("microsoft-atp-start-investigation", "machine_id", {"comment": "c"}),
+    ("microsoft-atp-live-response-put-file", "machine_id", {"comment": "c", "file_name": "a.ps1"}),
+    ("microsoft-atp-live-response-run-script", "machine_id", {"comment": "c", "scriptName": "a.ps1"}),
+    ("microsoft-atp-live-response-get-file", "machine_id", {"comment": "c", "path": "C:\\a.txt"}),
+    ("microsoft-atp-live-response-result", "machine_action_id", {"command_index": "0"}),
+    ("microsoft-atp-live-response-result", "command_index", {"machine_action_id": ACTION_ID}),
+    ("microsoft-atp-live-response-cancel-action", "machine_action_id", {"comment": "c"}),
+    ("microsoft-atp-delete-library-file", "file_name", {}),
+    ("file", "file", {}),
+    ("microsoft-atp-get-file-info", "hash", {}),
+    ("microsoft-atp-get-file-statistics", "file_hash", {}),
+    ("microsoft-atp-get-ip-statistics", "ip", {}),
+    ("microsoft-atp-get-domain-statistics", "domain", {}),
 ]
 HOSTILE = ["..", ".", " .. ", "a/b", "../machines", "a?b", "a#b", "a%2e%2e", "%2F", "x')", "a\\b", "fe80::1%x')",
            "fe80::1%?$top=1&x=", "fe80::1%#", "a\nb", "x' or 1 eq 1 or 'x"]
@@ -192,6 +204,8 @@ def assert_handled(command: str, args: dict, run: Run) -> None:
     names = YML_ARGS[command]
     for entry in run.results:
         text = entry if isinstance(entry, str) else str(entry.get("Contents")) + str(entry.get("HumanReadable"))
+        for value in sorted(map(str, args.values()), key=len, reverse=True):
+            text = text.replace(value, "")  # an argument echoed back (e.g. the text 'AError') is not an exception
         assert not EXCEPTION_NAME.search(text), (command, args, text)
     for error in run.errors:
         assert any(name in error for name in names) or re.search(r"HTTP|Microsoft|failed for every", error), (

@@ -251,12 +251,22 @@ def test_an_ambiguous_write_reports_the_action_microsoft_created_and_never_repea
     post = requests_mock.post(f"{API}/machines/{MID}/isolate", **failure)
     status_poll(requests_mock, action(A1))
 
-    entry = xsoar.run(ISOLATE, args={"machine_id": MID, "comment": "c", "isolation_type": "Full",
+    entry = xsoar.run(ISOLATE, args={"machine_id": MID, "comment": "contain", "isolation_type": "Full",
                                      "polling": "false"}).entry
 
     assert post.call_count == 1
     assert entry["EntryContext"] == {ACTION_KEY: [action_context()]}
     assert "it was created once" in entry["HumanReadable"]
+
+
+def test_an_ambiguous_write_does_not_claim_someone_elses_action(xsoar, requests_mock):
+    requests_mock.post(f"{API}/machines/{MID}/isolate", exc=requests.exceptions.ReadTimeout("no answer"))
+    status_poll(requests_mock, action(A1))  # requested by someone else, with another comment
+
+    error = xsoar.run(ISOLATE, args={"machine_id": MID, "comment": "our containment", "isolation_type": "Full",
+                                     "polling": "false"}).error
+
+    assert "so it was not created" in error and A1 not in error
 
 
 def test_a_503_with_retry_after_was_not_processed_so_the_write_is_sent_again(xsoar, requests_mock):

@@ -27,9 +27,10 @@ from xsoar_local.state import FileStore, StateError, default_state_root, instanc
 from xsoar_local.yml import FETCH_INCIDENTS, TEST_MODULE, Argument, Command, Integration, load_integration
 
 DEFAULT_INTEGRATION = "MicrosoftDefenderForEndpoint.yml"
-EXIT_OK, EXIT_FAILED, EXIT_USAGE = 0, 1, 2
+EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # what a shell reports for SIGINT and SIGPIPE
 ENTRY_ERROR = 4
+ENTRY_WARNING = 11  # XSOAR's warning entry: the task succeeds, but not everything worked
 DEFAULT_NEXT_RUN = 30.0
 DEFAULT_POLL_TIMEOUT = 600.0
 ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -71,7 +72,8 @@ instance file (YAML or JSON; parameter names are the `name:`s under the yml's `c
     credentials: {password: "${MDE_CLIENT_SECRET}"}   # ${VAR} is read from the environment
 
 exit status: 0 success, 1 the command failed, 2 bad usage (unknown command or argument, bad instance file),
-130 interrupted (Ctrl-C), 141 the reader of the output went away (`| head`), quietly.
+3 partly done (a warning entry, e.g. an action failed on some of the machines), 130 interrupted (Ctrl-C),
+141 the reader of the output went away (`| head`), quietly.
 """
 
 
@@ -280,6 +282,7 @@ class Session:
         self.sleep = sleep
         self.clock = clock
         self.failed = False
+        self.warned = False
         self.mode = "raw" if options.raw else options.output
         # Progress goes with the table a person reads; with json/yaml/raw stdout stays machine-readable.
         self.progress = sys.stdout if self.mode == "table" else sys.stderr
@@ -293,7 +296,7 @@ class Session:
                 self.fetch(instance)
             else:
                 self.run_with_polling(instance, command.name, args)
-        return EXIT_FAILED if self.failed else EXIT_OK
+        return EXIT_FAILED if self.failed else EXIT_PARTIAL if self.warned else EXIT_OK
 
     @contextlib.contextmanager
     def prepared(self) -> Iterator[Instance]:
@@ -422,6 +425,9 @@ class Session:
             elif entry.get("Type") == ENTRY_ERROR:
                 self.failed = True
                 print(f"error: {entry.get('Contents')}", file=sys.stderr)
+            elif entry.get("Type") == ENTRY_WARNING:
+                self.warned = True
+                print(f"warning: {entry.get('Contents')}", file=sys.stderr)
             elif entry.get("FileID"):
                 self.save_file(entry)
             elif self.mode == "raw":
