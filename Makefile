@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: venv bytecode test demo bench lint xsoar-package docs clean
+.PHONY: venv bytecode test demo bench lint xsoar-package xsoar-pack validate-xsoar docs readme-coverage clean
 
 venv: $(STAMP)
 
@@ -44,8 +44,28 @@ bench: venv bytecode
 xsoar-package: venv
 	$(BIN)/python -m xsoar_local.package --out dist
 
-docs: venv
+# The integration as a content pack folder: dist/Packs/<Pack>/ (what `demisto-sdk validate` checks).
+xsoar-pack: venv
+	rm -rf dist/Packs
+	$(BIN)/python -m xsoar_local.pack --out dist
+
+# XSOAR's validator in its own environment (large, and not part of `make test`); offline checks only.
+SDK_VENV := .venv-sdk
+SDK_STAMP := $(SDK_VENV)/.installed
+$(SDK_STAMP):
+	$(PYTHON) -m venv $(SDK_VENV)
+	$(SDK_VENV)/bin/python -m pip install --quiet --upgrade pip
+	$(SDK_VENV)/bin/python -m pip install --quiet 'demisto-sdk>=1.39.13,<1.40'
+	touch $(SDK_STAMP)
+
+validate-xsoar: xsoar-pack $(SDK_STAMP)
+	$(BIN)/python -m xsoar_local.validate_pack --sdk $(SDK_VENV)/bin/demisto-sdk --dist dist
+
+docs: venv readme-coverage
 	$(BIN)/python -m xsoar_local.docs MicrosoftDefenderForEndpoint.yml > docs/commands.md
 
+readme-coverage: venv
+	$(BIN)/python -m xsoar_local.coverage --readme README.md
+
 clean:
-	rm -rf $(VENV) dist .pytest_cache .ruff_cache .coverage
+	rm -rf $(VENV) $(SDK_VENV) dist .pytest_cache .ruff_cache .coverage

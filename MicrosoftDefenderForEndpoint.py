@@ -30,6 +30,7 @@ import logging
 import os
 import re
 import secrets
+import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
 from dataclasses import dataclass, field, replace
@@ -796,9 +797,8 @@ class MsalConfidentialProvider(TokenProvider):
         except IntegrationError:
             raise
         except requests.RequestException as exc:
-            raise AuthError(f"Could not reach the Microsoft login service at {self.settings.cloud.login_host} "
-                            f"({type(exc).__name__}). Check the network, the proxy settings and the Endpoint "
-                            "Type.") from exc
+            raise AuthError("Could not reach the Microsoft login service: " + connection_error_message(
+                exc, self.settings.cloud.login_host, check=LOGIN_HOST_CHECK)) from exc
         except Exception as exc:  # msal and PyJWT raise ValueError, MsalServiceError, InvalidKeyError, ...
             raise AuthError(REDACT(self._explain(exc, what))) from exc
 
@@ -1091,7 +1091,12 @@ def api_error_from(response: requests.Response, method: str, path: str) -> ApiEr
                     ambiguous=method != "GET" and status >= 500)
 
 
-def connection_error_message(exc: requests.RequestException, url: str) -> str:
+API_HOST_CHECK = "Check Server URL / Endpoint Type"
+LOGIN_HOST_CHECK = "Check the Endpoint Type and, for a Custom endpoint, the Login URL parameter (login_url)"
+
+
+def connection_error_message(exc: requests.RequestException, url: str, check: str = API_HOST_CHECK) -> str:
+    """What went wrong on the way to a host, and which setting to look at."""
     host = urlparse(url).netloc
     if isinstance(exc, requests.exceptions.SSLError):
         return (f"TLS certificate verification failed for {host}. If a proxy re-signs traffic, point "
@@ -1099,13 +1104,59 @@ def connection_error_message(exc: requests.RequestException, url: str) -> str:
     if isinstance(exc, requests.exceptions.ProxyError):
         return f"The proxy refused the connection to {host}. Check the system proxy, or clear 'Use system proxy'."
     if isinstance(exc, requests.Timeout):
-        return f"Timed out talking to {host}. Check Server URL / Endpoint Type and that the host is reachable."
-    return f"Could not connect to {host} ({type(exc).__name__}). Check Server URL / Endpoint Type and the network."
+        return f"Timed out talking to {host}. {check} and that the host is reachable."
+    return f"Could not connect to {host} ({type(exc).__name__}). {check} and the network."
+
+
+# XSOAR's "API Execution Metrics" dashboard: entry type 19, one count per outcome (the platform's names).
+API_CALL_OUTCOMES = ("Successful", "QuotaError", "GeneralError", "AuthError", "ServiceError", "ConnectionError",
+                     "ProxyError", "SSLError", "TimeoutError", "RetryError")
+ENTRY_TYPE_EXECUTION_METRICS = 19
+METRICS_MIN_SERVER_VERSION = (6, 8, 0)
+
+
+def call_outcome(result: "requests.Response | Exception") -> str:
+    """The dashboard's name for what one HTTP call ended in."""
+    if isinstance(result, requests.Response):
+        status = result.status_code
+        if status < 400:
+            return "Successful"
+        if status == 429:
+            return "QuotaError"
+        if status in (401, 403):
+            return "AuthError"
+        return "ServiceError" if status >= 500 else "GeneralError"
+    for kind, outcome in ((requests.exceptions.SSLError, "SSLError"), (requests.exceptions.ProxyError, "ProxyError"),
+                          (requests.Timeout, "TimeoutError"), (requests.ConnectionError, "ConnectionError")):
+        if isinstance(result, kind):  # SSL and proxy errors are connection errors too: the first match wins
+            return outcome
+    return "GeneralError"
+
+
+class ApiCallMetrics:
+    """Every HTTP call the Transport makes, counted once by its outcome. A call after which the Transport gives
+    up retrying (5xx, 429 or a connection error it had already retried) counts as RetryError."""
+
+    def __init__(self) -> None:
+        self.counts: dict[str, int] = {}
+
+    def count(self, result: "requests.Response | Exception", *, gave_up_retrying: bool = False) -> None:
+        outcome = "RetryError" if gave_up_retrying else call_outcome(result)
+        self.counts[outcome] = self.counts.get(outcome, 0) + 1
+
+    def entry(self) -> dict | None:
+        if not self.counts:
+            return None
+        return {"Type": ENTRY_TYPE_EXECUTION_METRICS, "ContentsFormat": "text",
+                "Contents": "Metrics reported successfully.",
+                "APIExecutionMetrics": [{"Type": outcome, "APICallsCount": self.counts[outcome]}
+                                        for outcome in API_CALL_OUTCOMES if outcome in self.counts]}
 
 
 class Transport:
     """The one HTTP core: sends API calls with retries, rate-limit waits and one token refresh, pages through
-    collections and downloads files. Areas add their endpoint calls as mixins (see Client)."""
+    collections and downloads files, counting every call in `metrics`. Areas add their endpoint calls as mixins
+    (see Client)."""
 
     def __init__(self, base_url: str, auth: BearerAuth, *, verify: bool = True, proxies: dict | None = None,
                  session: requests.Session | None = None, clock: Clock = SYSTEM_CLOCK,
@@ -1117,6 +1168,7 @@ class Transport:
         self.session = session or requests.Session()
         self.clock = clock
         self.timeout = timeout
+        self.metrics = ApiCallMetrics()
 
     @property
     def provider(self) -> TokenProvider:
@@ -1168,13 +1220,16 @@ class Transport:
                 retryable = (is_read or isinstance(exc, requests.ConnectTimeout)) and not isinstance(
                     exc, requests.exceptions.SSLError)
                 if retryable and attempt < MAX_RETRIES:
+                    self.metrics.count(exc)
                     attempt += 1
                     log_debug(f"{method} {_display_path(url)}: {type(exc).__name__}, retry {attempt}")
                     self.clock.sleep(backoff_seconds(attempt))
                     continue
+                self.metrics.count(exc, gave_up_retrying=attempt > 0)
                 raise ApiError(connection_error_message(exc, url), ambiguous=not retryable) from exc
             status = response.status_code
             if status == 401 and not refreshed:
+                self.metrics.count(response)
                 refreshed = True
                 self.auth.force_refresh = True
                 log_debug(f"{method} {_display_path(url)}: 401, refreshing the token once")
@@ -1182,15 +1237,19 @@ class Transport:
             if status == 429 or (status in RETRYABLE_STATUSES and response.headers.get("Retry-After")):
                 delay = retry_after_seconds(response, attempt)
                 if waited + delay <= MAX_RATE_LIMIT_WAIT:
+                    self.metrics.count(response)
                     waited += delay
                     log_debug(f"{method} {_display_path(url)}: rate limited, waiting {delay:.0f}s")
                     self.clock.sleep(delay)
                     continue
             elif status in RETRYABLE_STATUSES and is_read and attempt < MAX_RETRIES:
+                self.metrics.count(response)
                 attempt += 1
                 log_debug(f"{method} {_display_path(url)}: HTTP {status}, retry {attempt}")
                 self.clock.sleep(backoff_seconds(attempt))
                 continue
+            retried = attempt > 0 or waited > 0
+            self.metrics.count(response, gave_up_retrying=retried and (status == 429 or status in RETRYABLE_STATUSES))
             return response
 
     def paginate(self, path: str, params: dict | None = None, *, limit: int | None = None, offset: int = 0,
@@ -1243,7 +1302,9 @@ class Transport:
         try:
             response = self.session.get(url, verify=self.verify, proxies=self.proxies, timeout=self.timeout)
         except requests.RequestException as exc:
+            self.metrics.count(exc)
             raise ApiError(connection_error_message(exc, url)) from exc
+        self.metrics.count(response)
         if not response.ok:
             raise ApiError(f"Downloading {urlparse(url).netloc}{urlparse(url).path} failed with HTTP "
                            f"{response.status_code}. The link may have expired; request a new one.")
@@ -1574,14 +1635,18 @@ class Paging:
     offset: int
 
 
-def paging_args(args: dict, default_limit: int = 50) -> Paging:
-    """The paging arguments every list command shares. `all_results` walks every match; `limit` with `offset`
-    (or with `page`, counted in pages of `limit`) gives a slice; `page_size` with `page_num` is the same in
-    pages; without any of them, the first `default_limit` records."""
+def paging_args(args: dict, default_limit: int = 50, *, zero_means_all: bool = False) -> Paging:
+    """The paging arguments every list command shares. `all_results` (or `limit=0` where the command says so)
+    walks every match; `limit` with `offset` (`skip` in the indicator commands, or `page` counted in pages of
+    `limit`) gives a slice; `page_size` with `page_num` is the same in pages; without any of them, the first
+    `default_limit` records."""
     if arg_to_bool(args.get("all_results"), "all_results"):
         return Paging(None, 0)
-    limit = arg_to_int(args.get("limit"), "limit", minimum=1)
-    offset = arg_to_int(args.get("offset"), "offset", minimum=0)
+    limit = arg_to_int(args.get("limit"), "limit", minimum=0 if zero_means_all else 1)
+    offset_name = "skip" if args.get("offset") in (None, "") and "skip" in args else "offset"
+    offset = arg_to_int(args.get(offset_name), offset_name, minimum=0)
+    if limit == 0:
+        return Paging(None, int(offset or 0))
     page = arg_to_int(args.get("page"), "page", minimum=1)
     page_size = arg_to_int(args.get("page_size"), "page_size", minimum=1, maximum=MAX_PAGE_SIZE)
     page_num = arg_to_int(args.get("page_num"), "page_num", minimum=1)
@@ -1612,6 +1677,11 @@ class EntitySpec:
         return replace(self, **changes)
 
 
+# Short values (statuses, platforms, scores, group names) repeat across records; one shared copy of each keeps a
+# 50,000-machine listing inside its memory budget.
+SHARED_VALUE_MAX = 16
+
+
 def to_context(record: dict | None, spec: EntitySpec) -> dict:
     """Maps one API record to context keys with the entity's field table; unknown fields are dropped."""
     if not isinstance(record, dict) or not record:
@@ -1628,7 +1698,7 @@ def to_context(record: dict | None, spec: EntitySpec) -> dict:
                 value = [to_context(item, nested) if isinstance(item, dict) else item for item in value]
             elif isinstance(value, dict):
                 value = to_context(value, nested)
-        mapped[key] = value
+        mapped[key] = sys.intern(value) if type(value) is str and len(value) <= SHARED_VALUE_MAX else value
     if spec.derived:
         mapped.update(spec.derived(record))
     return mapped
@@ -1966,15 +2036,33 @@ def machine_ids_arg(args: dict, name: str = "machine_id") -> list[str]:
     return ids
 
 
+# Endpoint.Status as the original integration derives it from healthStatus; other values leave Status out.
+ENDPOINT_STATUS_BY_HEALTH = {"Active": "Online", "Inactive": "Offline", "ImpairedCommunication": "Online"}
+
+
+def endpoint_status(health_status: object) -> str | None:
+    health = str(health_status or "")
+    return "Online" if health.startswith("NoSensorData") else ENDPOINT_STATUS_BY_HEALTH.get(health)
+
+
+def endpoint_os_version(machine: dict) -> str | None:
+    """"<osVersion or version> <osProcessor> bit", the original's format (e.g. "22H2 x64 bit")."""
+    version = machine.get("osVersion") or machine.get("version")
+    processor = machine.get("osProcessor")
+    if not version:
+        return None
+    return f"{version} {processor} bit" if processor else str(version)
+
+
 def endpoint_context(machine: dict, isolated: bool | None = None) -> dict:
     """The standard Endpoint context; `isolated` comes from the machine's action history (see isolation_states)."""
     last_ip = machine.get("lastIpAddress")
-    macs = [(a.get("ipAddress"), a.get("macAddress")) for a in machine.get("ipAddresses") or [] if a.get("macAddress")]
-    mac = next((m for ip, m in macs if ip == last_ip), macs[0][1] if macs else None)
+    mac = next((a.get("macAddress") for a in machine.get("ipAddresses") or []
+                if last_ip and a.get("ipAddress") == last_ip and a.get("macAddress")), None)
     endpoint = {"ID": machine.get("id"), "Hostname": machine.get("computerDnsName"), "IPAddress": last_ip,
-                "OS": machine.get("osPlatform"), "OSVersion": machine.get("version") or machine.get("osVersion"),
-                "Status": "Online" if str(machine.get("healthStatus")).lower() == "active" else "Offline",
-                "MACAddress": mac, "IsIsolated": isolated, "Vendor": VENDOR}
+                "OS": machine.get("osPlatform"), "OSVersion": endpoint_os_version(machine),
+                "Status": endpoint_status(machine.get("healthStatus")), "MACAddress": mac, "IsIsolated": isolated,
+                "Vendor": VENDOR}
     return {key: value for key, value in endpoint.items() if value is not None}
 
 
@@ -2917,6 +3005,10 @@ DETECTION_SOURCES = {
 }
 
 
+INCIDENT_NAME = "Microsoft Defender ATP Alert {id}"  # the original's name, kept for classification rules
+DEFAULT_FIRST_FETCH = "3 days"
+
+
 @dataclass(frozen=True)
 class FetchSettings:
     first_fetch: datetime
@@ -2933,9 +3025,12 @@ def fetch_settings_from_params(params: dict, now: datetime | None = None) -> Fet
                           [*DETECTION_SOURCES, *DETECTION_SOURCES.values()])
     lookback = arg_to_int(params.get("fetch_lookback_minutes"), "fetch_lookback_minutes (Look-back window)",
                           default=10, minimum=0, maximum=1440)
+    # first_fetch is the parameter's current name; instances made by the original carry first_fetch_timestamp
+    first_fetch_param = next((name for name in ("first_fetch", "first_fetch_timestamp")
+                              if str(params.get(name) or "").strip()), "first_fetch")
     return FetchSettings(
-        first_fetch=arg_to_datetime(str(params.get("first_fetch_timestamp") or "").strip() or "3 days",
-                                    "first_fetch_timestamp (First fetch timestamp)", now=now),
+        first_fetch=arg_to_datetime(str(params.get(first_fetch_param) or "").strip() or DEFAULT_FIRST_FETCH,
+                                    f"{first_fetch_param} (First fetch timestamp)", now=now),
         max_fetch=int(arg_to_int(params.get("max_fetch"), "max_fetch (Maximum number of incidents to fetch)",
                                  default=50, minimum=1, maximum=10_000)),
         lookback=timedelta(minutes=int(lookback)),
@@ -3017,7 +3112,8 @@ def select_new_alerts(alerts: Iterable[dict], cursor: FetchCursor,
 
 def alert_to_incident(alert: dict) -> dict:
     return {
-        "name": f"Microsoft Defender for Endpoint Alert {alert.get('id')}: {alert.get('title') or 'untitled'}",
+        "name": INCIDENT_NAME.format(id=alert.get("id")),  # classification rules match on this exact name
+        "details": alert.get("title") or "",
         "occurred": alert.get("alertCreationTime"),
         "severity": INCIDENT_SEVERITY.get(str(alert.get("severity") or "").lower(), 0),
         "rawJSON": json.dumps(alert),
@@ -3345,12 +3441,11 @@ def sc_update_indicator_command(client: "Client", args: dict) -> CommandResult:
 
 @command("microsoft-atp-sc-indicator-list", TI_ROLES)
 def sc_list_indicators_command(client: "Client", args: dict) -> CommandResult:
-    limit = arg_to_int(args.get("limit"), "limit", default=50, minimum=0)
-    skip = arg_to_int(args.get("skip"), "skip", default=0, minimum=0)
+    paging = paging_args(args, zero_means_all=True)
     kind = arg_choice(args.get("indicator_type"), "indicator_type", INDICATOR_TYPES)
     odata = (ODataFilter(INDICATOR_FILTER_FIELDS).eq("indicatorValue", str(args.get("indicator_value") or "").strip())
              .eq("title", str(args.get("indicator_title") or "").strip()).eq("indicatorType", kind).build())
-    indicators = list(client.list_indicators(odata_filter=odata, limit=limit or None, offset=int(skip)))
+    indicators = list(client.list_indicators(odata_filter=odata, limit=paging.limit, offset=paging.offset))
     return indicators_result(indicators, "Indicators", empty_note=OWN_INDICATORS_NOTE)
 
 
@@ -4825,6 +4920,26 @@ def return_error(message: str) -> None:
     demisto.results({"Type": 4, "ContentsFormat": "text", "Contents": message})
 
 
+def server_reports_metrics() -> bool:
+    """Servers 6.8.0 and newer take API-execution-metrics entries."""
+    try:
+        version = str((demisto.demistoVersion() or {}).get("version") or "")
+    except Exception:  # an older platform without demistoVersion()
+        return False
+    parts = tuple(int(part) for part in re.findall(r"\d+", version)[:3])
+    return bool(parts) and parts >= METRICS_MIN_SERVER_VERSION
+
+
+def report_api_metrics(command: str, client: Client | None) -> None:
+    """One metrics entry after a command that called the API; never for test-module and fetch-incidents,
+    whose results the platform reads as the test outcome and the incidents."""
+    if client is None or command in ("test-module", "fetch-incidents"):
+        return
+    entry = client.metrics.entry()
+    if entry and server_reports_metrics():
+        demisto.results(entry)
+
+
 def checked_args(args: dict) -> dict:
     """Refuses text that cannot be sent at all (lone surrogates from a broken encoding), naming the argument."""
     for name, value in args.items():
@@ -4839,6 +4954,7 @@ def checked_args(args: dict) -> dict:
 def main(clock: Clock = SYSTEM_CLOCK) -> None:
     command = demisto.command()
     log_debug(f"Command being called is {command}")
+    client = None
     try:
         spec = COMMANDS.get(command)
         if spec is None:
@@ -4851,6 +4967,7 @@ def main(clock: Clock = SYSTEM_CLOCK) -> None:
     except Exception as exc:  # never a traceback in the War Room
         demisto.debug(REDACT(f"{command} failed: {type(exc).__name__}: {exc}"))
         return_error(REDACT(f"Failed to execute {command}: {type(exc).__name__}: {exc}"))
+    report_api_metrics(command, client)
 
 
 if __name__ in ("__main__", "__builtin__", "builtins"):

@@ -6,7 +6,18 @@ per run and unit tests can `monkeypatch.setattr(demistomock, "params", lambda: {
 
 from __future__ import annotations
 
-from xsoar_local import runtime as _runtime
+
+class _LazyRuntime:
+    """xsoar_local.runtime, imported on the first platform call: importing the plugin stays as cheap as it is
+    inside XSOAR (the bench measures it)."""
+
+    def __getattr__(self, name: str):
+        from xsoar_local import runtime
+
+        return getattr(runtime, name)
+
+
+_runtime = _LazyRuntime()
 
 
 def params() -> dict:
@@ -23,6 +34,10 @@ def command() -> str:
 
 def results(results) -> None:
     _runtime.current().results(results)
+
+
+def demistoVersion() -> dict:
+    return _runtime.current().demisto_version()
 
 
 def getIntegrationContext() -> dict:

@@ -409,7 +409,7 @@ def main() -> int:
         outcomes.append(isolate_fifty(bench, machine_ids))
     with Emulator(machines=500, alerts=10_000, workdir=BENCH_DIR / "fetch") as emulator:
         bench = Bench(emulator, BENCH_DIR / "fetch", params={
-            "max_fetch": "100", "first_fetch_timestamp": "365 days", "fetch_status": "New,InProgress,Resolved",
+            "max_fetch": "100", "first_fetch": "365 days", "fetch_status": "New,InProgress,Resolved",
             "fetch_severity": "Informational,Low,Medium,High"})
         outcomes.append(fetch_backlog(bench, 10_000, 100))
     with Emulator(machines=50_000, alerts=10, workdir=BENCH_DIR / "memory") as emulator:

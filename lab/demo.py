@@ -117,7 +117,7 @@ def alerts_and_fetch(t: Tour, ready: dict) -> None:
     fetcher = t.instances["client-credentials"].with_name("fetcher.yml")
     document = yaml.safe_load(t.instances["client-credentials"].read_text())
     document["name"] = "fetcher"
-    document["params"].update({"isFetch": True, "max_fetch": "20", "first_fetch_timestamp": "30 days"})
+    document["params"].update({"isFetch": True, "max_fetch": "20", "first_fetch": "30 days"})
     fetcher.write_text(yaml.safe_dump(document, sort_keys=False))
     t.instances["fetcher"] = fetcher
     t.run("fetcher", "fetch")

@@ -82,7 +82,9 @@ def alert_by_id(request: Request) -> Response:
         opts = parse_options({k: v for k, v in request.query.items() if k.lower() in ("$expand", "$select")}, ALERTS)
     except ODataError as exc:
         raise ApiError(400, "ODataError", str(exc)) from None
-    return entity(request, "Alerts", project(_with_evidence(request)(alert, opts), opts))
+    # Microsoft's single-alert response carries the evidence without $expand (the list needs $expand=evidence).
+    with_evidence = {**alert, "evidence": request.emu.store.evidence.get(alert["id"], [])}
+    return entity(request, "Alerts", project(with_evidence, opts))
 
 
 def _canonical(value, allowed: tuple[str, ...], name: str) -> str:

@@ -66,6 +66,7 @@ class Run:
     results: list = field(default_factory=list)
     logs: list = field(default_factory=list)
     incidents: list = field(default_factory=list)
+    metrics: list = field(default_factory=list)  # API-execution-metrics entries (type 19), kept apart from results
 
     @property
     def errors(self) -> list[str]:
@@ -99,6 +100,7 @@ class Xsoar:
         self.last_run: dict = {}
         self.params: dict = client_credentials_params()
         self.clock = FakeClock()
+        self.server_version = "8.9.0"  # what demisto.demistoVersion() reports
         self.sleeps = self.clock.sleeps
         self.tmp_path = tmp_path
         monkeypatch.chdir(tmp_path)
@@ -111,7 +113,9 @@ class Xsoar:
         mp.setattr(demistomock, "command", lambda: command)
         mp.setattr(demistomock, "params", lambda: params if params is not None else self.params)
         mp.setattr(demistomock, "args", lambda: dict(args or {}))
-        mp.setattr(demistomock, "results", lambda entry: run.results.append(entry))
+        mp.setattr(demistomock, "results", lambda entry: (
+            run.metrics if isinstance(entry, dict) and entry.get("Type") == 19 else run.results).append(entry))
+        mp.setattr(demistomock, "demistoVersion", lambda: {"version": self.server_version, "buildNumber": "1"})
         mp.setattr(demistomock, "getIntegrationContext", lambda: json.loads(json.dumps(self.context)))
         mp.setattr(demistomock, "setIntegrationContext", self._set_context)
         mp.setattr(demistomock, "getIntegrationContextVersioned", self._get_context_versioned)

@@ -188,6 +188,22 @@ def test_get_alert_by_id_fetches_each_alert(xsoar, requests_mock):
     assert run.context == {ALERT_CONTEXT: [context_alert(), context_alert(OTHER_ALERT_ID)]}
 
 
+def test_enrichment_playbook_call_fills_every_evidence_path_without_asking_for_evidence(xsoar, requests_mock):
+    """"MDE Malware - Incident Enrichment" runs `get-alert-by-id alert_ids=<id>` and reads the evidence paths.
+
+    Microsoft's single-alert response carries the evidence, so no `evidence=true` (and no $expand) is needed."""
+    requests_mock.get(f"{API}/alerts/{ALERT_ID}", json=api_alert(evidence=EVIDENCE))
+
+    run = xsoar.run("microsoft-atp-get-alert-by-id", args={"alert_ids": ALERT_ID})
+
+    evidence = run.context[ALERT_CONTEXT][0]["Evidence"]
+    command = next(c for c in YML["script"]["commands"] if c["name"] == "microsoft-atp-get-alert-by-id")
+    declared = [o["contextPath"].removeprefix("MicrosoftATP.Alert.Evidence.") for o in command["outputs"]
+                if o["contextPath"].startswith("MicrosoftATP.Alert.Evidence.")]
+    assert len(declared) >= 17
+    assert [field for field in declared if all(item.get(field) is None for item in evidence)] == []
+
+
 def test_get_alert_by_id_can_include_evidence(xsoar, requests_mock):
     route = requests_mock.get(f"{API}/alerts/{ALERT_ID}", json=api_alert(evidence=EVIDENCE))
 

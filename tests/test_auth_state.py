@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import logging
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -426,3 +427,17 @@ def test_token_posts_are_replayed_only_when_that_cannot_spend_a_grant(requests_m
         http.post(url, data={"grant_type": "refresh_token"})
     assert route.call_count == calls
     assert clock.sleeps == [1.0, 2.0, 4.0][:calls - 1]
+
+
+@pytest.mark.parametrize(("failure", "hint"), [
+    (requests.exceptions.SSLError("certificate verify failed"), "REQUESTS_CA_BUNDLE"),
+    (requests.exceptions.ConnectionError("Failed to establish a new connection"), "Login URL parameter (login_url)"),
+])
+def test_an_unreachable_login_host_names_the_setting_to_check(xsoar, requests_mock, failure, hint):
+    requests_mock.get(re.compile(f"{LOGIN}/.*"), exc=failure)
+    requests_mock.post(re.compile(f"{LOGIN}/.*"), exc=failure)
+
+    error = xsoar.run("microsoft-atp-test").error
+
+    assert "Could not reach the Microsoft login service" in error and hint in error
+    assert "Traceback" not in error

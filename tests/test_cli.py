@@ -106,6 +106,18 @@ def test_raw_prints_contents_with_params_as_xsoar_passes_them(env, capsys):
     assert json.loads(out) == {"url": "https://fake.example", "insecure": False, "max_fetch": "2"}
 
 
+def test_api_metrics_are_shown_only_with_verbose(env, capsys):
+    code, out, err = mde(env, capsys, "fake-metrics")
+    assert code == 0 and "server 8.9.0" in out  # the local runtime reports a server version
+    assert "metrics" not in (out + err).lower() and "APICallsCount" not in out
+
+    code, out, err = mde(env, capsys, "--verbose", "fake-metrics")
+    assert code == 0 and "[metrics] API calls: Successful 2, QuotaError 1" in err and "metrics" not in out.lower()
+
+    code, out, _ = mde(env, capsys, "--json", "fake-metrics")
+    assert json.loads(out) == {"Fake.Metrics": {"ID": "m1"}}
+
+
 def test_error_entry_exits_1_on_stderr(env, capsys):
     code, out, err = mde(env, capsys, "fake-error")
     assert (code, out) == (1, "")

@@ -167,3 +167,70 @@ def test_the_unified_yml_for_upload_is_valid_and_embeds_the_script(tmp_path):
     script = unified["script"]["script"]
     assert "def main(" in script and "import demistomock" not in script
     compile(script, "unified", "exec")
+
+
+CONTRACT_COMMANDS_IN_YML = [c for c in CONTRACT["commands"] if c["name"] in YML_COMMANDS]
+
+
+@pytest.mark.parametrize("command", CONTRACT_COMMANDS_IN_YML, ids=lambda c: c["name"])
+def test_confirmation_and_policy_flags_are_the_originals(command):
+    """XSOAR asks an analyst to confirm `execution: true` commands; policies group commands for approval rules."""
+    have = YML_COMMANDS[command["name"]]
+    assert bool(have.get("execution")) is bool(command.get("execution"))
+    assert sorted(have.get("compliantpolicies") or []) == sorted(command.get("compliantpolicies") or [])
+
+
+def test_incoming_mapper_and_parameter_sections_are_the_originals():
+    integration = CONTRACT["integration"]
+    assert YML["defaultmapperin"] == integration["defaultmapperin"]
+    assert YML["sectionorder"] == integration["sectionorder"]
+    unsectioned = [p["name"] for p in YML["configuration"] if p.get("section") not in YML["sectionorder"]]
+    assert unsectioned == []
+
+
+def _image_version(image: str) -> tuple[str, tuple[int, ...]]:
+    name, _, tag = image.partition(":")
+    return name, tuple(int(part) for part in tag.split("."))
+
+
+def test_docker_image_is_at_least_as_new_as_the_originals():
+    name, version = _image_version(YML["script"]["dockerimage"])
+    floor_name, floor = _image_version(CONTRACT["integration"]["min_dockerimage"])
+    assert name == floor_name and version >= floor
+
+
+def test_deprecated_commands_name_replacements_that_exist_in_microsoft_graph_security():
+    import re
+
+    graph_security_commands = {"msg-search-alerts", "msg-get-alert-details", "msg-update-alert"}
+    named = {m for c in YML_COMMANDS.values() for m in re.findall(r"\bmsg-[a-z-]*[a-z]", c.get("description", ""))}
+    assert named and named <= graph_security_commands
+    for name, command in YML_COMMANDS.items():
+        if command.get("deprecated") and CONTRACT_AREAS.get(name) == "alerts":
+            assert "Use " in command["description"] and " instead" in command["description"], name
+
+
+CONTRACT_AREAS = {c["name"]: c["area"] for c in CONTRACT["commands"]}
+
+
+def test_fetch_parameters_are_the_platforms_shape_and_the_old_first_fetch_name_stays_readable():
+    """demisto-sdk: IN121 (isFetch/incidentType exactly as the platform defines them), IN126 (first_fetch)."""
+    configured = {p["name"]: p for p in YML["configuration"]}
+    ignored = {"section", "required", "advanced", "defaultvalue"}
+    assert {k: v for k, v in configured["isFetch"].items() if k not in ignored} == {
+        "display": "Fetch incidents", "name": "isFetch", "type": 8}
+    assert {k: v for k, v in configured["incidentType"].items() if k not in ignored} == {
+        "display": "Incident type", "name": "incidentType", "type": 13}
+    assert configured["first_fetch"]["type"] == 0 and not configured["first_fetch"].get("hidden")
+    legacy = configured["first_fetch_timestamp"]
+    assert legacy.get("hidden") and "defaultvalue" not in legacy  # a new instance carries only first_fetch
+
+
+def test_reputation_commands_describe_dbotscore_as_the_platform_requires():
+    """demisto-sdk's IN101: reputation commands carry the platform's own DBotScore descriptions."""
+    standard = {"DBotScore.Indicator": "The indicator that was tested.", "DBotScore.Type": "The indicator type.",
+                "DBotScore.Vendor": "The vendor used to calculate the score.", "DBotScore.Score": "The actual score."}
+    reputation = [YML_COMMANDS[name] for name in ("file", "ip", "url", "domain", "cve") if name in YML_COMMANDS]
+    for command in reputation:
+        described = {o["contextPath"]: o.get("description") for o in command.get("outputs") or []}
+        assert {path: described.get(path) for path in standard} == standard, command["name"]

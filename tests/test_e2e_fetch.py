@@ -16,7 +16,7 @@ def fetch_instance(lab):
     """The client-credentials instance with fetch settings that take every alert."""
     source = yaml.safe_load(lab.instances["client-credentials"].read_text())
     source["name"] = "fetcher"
-    source["params"].update({"isFetch": True, "max_fetch": "7", "first_fetch_timestamp": "2 minutes",
+    source["params"].update({"isFetch": True, "max_fetch": "7", "first_fetch": "2 minutes",
                              "fetch_status": "New,InProgress,Resolved",
                              "fetch_severity": "Informational,Low,Medium,High", "fetch_lookback_minutes": "5"})
     path = lab.instances["client-credentials"].parent / "fetcher.yml"
@@ -55,12 +55,12 @@ def test_repeated_fetch_takes_every_new_alert_exactly_once(lab, fetch_instance):
     assert set(generated) <= set(fetched), f"missed: {sorted(set(generated) - set(fetched))}"
 
 
-def test_incidents_carry_name_severity_and_mirror_id(lab, fetch_instance):
+def test_incidents_carry_the_originals_name_severity_and_mirror_id(lab, fetch_instance):
     generate(lab, count=1, severity="High")
     incidents = fetch(lab, fetch_instance)
     assert incidents
     incident = incidents[-1]
     alert = json.loads(incident["rawJSON"])
-    assert alert["id"] in incident["name"] and alert["title"] in incident["name"]
+    assert incident["name"] == f"Microsoft Defender ATP Alert {alert['id']}" and incident["details"] == alert["title"]
     assert incident["dbotMirrorId"] == alert["id"]
     assert incident["occurred"].startswith(alert["alertCreationTime"][:19])

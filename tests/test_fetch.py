@@ -143,6 +143,22 @@ def test_a_relative_first_fetch_time(xsoar, fake):
     assert mde.parse_iso_datetime(literal) == xsoar.clock.utcnow() - dt.timedelta(hours=12)
 
 
+@pytest.mark.parametrize("params, start", [
+    ({"first_fetch": "2024-04-20T00:00:00Z"}, "2024-04-20T00:00:00Z"),  # the current parameter
+    ({"first_fetch_timestamp": "2024-04-21T00:00:00Z"}, "2024-04-21T00:00:00Z"),  # an instance made by the original
+    ({"first_fetch": "2024-04-20T00:00:00Z", "first_fetch_timestamp": "2024-04-21T00:00:00Z"}, "2024-04-20T00:00:00Z"),
+    ({"first_fetch": "", "first_fetch_timestamp": "2024-04-21T00:00:00Z"}, "2024-04-21T00:00:00Z"),
+])
+def test_first_fetch_is_read_from_either_parameter_name(xsoar, fake, params, start):
+    base = fetch_params()
+    del base["first_fetch_timestamp"]
+    xsoar.params = {**base, **params}
+
+    xsoar.run("fetch-incidents")
+
+    assert fake.requests[0]["$filter"] == f"alertCreationTime ge {start}"
+
+
 def test_next_run_looks_back_from_the_newest_alert_and_skips_the_ones_seen(xsoar, fake):
     fake.alerts = [make_alert(1, 5 * 60 * TICKS_PER_SECOND + 1234567), make_alert(2, 5 * 60 * TICKS_PER_SECOND + 1234567)]
     fake.now = 10**12
@@ -167,7 +183,8 @@ def test_incidents_carry_name_time_severity_raw_alert_and_mirror_id(xsoar, fake)
     run = xsoar.run("fetch-incidents")
 
     first = run.incidents[0]
-    assert first == {"name": f"Microsoft Defender for Endpoint Alert {fake.alerts[0]['id']}: Alert number 0",
+    # the original's exact name: classification and pre-processing rules match on it
+    assert first == {"name": f"Microsoft Defender ATP Alert {fake.alerts[0]['id']}", "details": "Alert number 0",
                      "occurred": "2024-05-01T00:00:00.0000000Z", "severity": 0.5,
                      "rawJSON": json.dumps(served(fake.alerts[0], True)), "dbotMirrorId": fake.alerts[0]["id"]}
     assert [i["severity"] for i in run.incidents] == [0.5, 1, 2, 3, 0]
@@ -192,6 +209,7 @@ def test_without_fetch_evidence_the_raw_alert_has_no_evidence(xsoar, fake):
     ({"max_fetch": "10001"}, "max_fetch (Maximum number of incidents to fetch) must be at most 10000"),
     ({"max_fetch": "many"}, "max_fetch (Maximum number of incidents to fetch) must be a whole number"),
     ({"first_fetch_timestamp": "last week"}, "first_fetch_timestamp (First fetch timestamp) must be an ISO 8601"),
+    ({"first_fetch": "last week"}, "first_fetch (First fetch timestamp) must be an ISO 8601"),
     ({"fetch_status": "New,Closed"}, "fetch_status (Status) must be one of New, InProgress, Resolved"),
     ({"fetch_severity": ["High", "Critical"]}, "fetch_severity (Severity) must be one of Informational"),
     ({"fetch_detectionsource": "Antivirus,Telepathy"}, "fetch_detectionsource (DetectionSource) must be one of"),

@@ -64,7 +64,7 @@ def machine_context(machine_id: str = MID, **overrides) -> dict:
 
 def endpoint_context(machine_id: str = MID, **overrides) -> dict:
     return {"ID": machine_id, "Hostname": "desktop-1.contoso.com", "IPAddress": "10.0.0.5", "OS": "Windows10",
-            "OSVersion": "22H2", "Status": "Online", "MACAddress": "001122334455", "IsIsolated": False,
+            "OSVersion": "22H2 x64 bit", "Status": "Online", "MACAddress": "001122334455", "IsIsolated": False,
             "Vendor": "Microsoft Defender ATP", **overrides}
 
 
@@ -268,7 +268,7 @@ def test_get_machine_by_ip_calls_findbyip_and_fills_endpoint(xsoar, requests_moc
     assert path(api.last_request) == f"/api/machines/findbyip(ip='10.0.0.5',timestamp={when})"
     second = machine_context(MID2, HealthStatus="Inactive", IPAddresses=[], OSVersion="10.0.19045")
     del second["NetworkInterfaces"]
-    second_endpoint = endpoint_context(MID2, Status="Offline", OSVersion="10.0.19045")
+    second_endpoint = endpoint_context(MID2, Status="Offline", OSVersion="10.0.19045 x64 bit")
     del second_endpoint["MACAddress"]
     assert run.context == {MACHINE_KEY: [machine_context(), second],
                            ENDPOINT_KEY: [endpoint_context(), second_endpoint]}
@@ -371,6 +371,53 @@ def test_endpoint_with_only_an_id(xsoar, requests_mock):
 
     assert query(api.last_request)["$filter"] == [f"id eq '{MID}'"]
     assert run.context[ENDPOINT_KEY] == [endpoint_context(Status="Offline")]
+
+
+HEALTH_STATUS_CASES = [
+    ("Active", "Online"), ("Inactive", "Offline"), ("ImpairedCommunication", "Online"),
+    ("NoSensorData", "Online"), ("NoSensorDataImpairedCommunication", "Online"),
+    ("Unknown", None), (None, None), ("SomethingNew", None),
+]
+
+
+@pytest.mark.parametrize("health_status, status", HEALTH_STATUS_CASES)
+def test_endpoint_status_follows_the_originals_health_status_mapping(xsoar, requests_mock, health_status, status):
+    requests_mock.get(f"{API}/machines", json={"value": [machine(healthStatus=health_status)]})
+
+    endpoint = xsoar.run("endpoint", args={"id": MID}).context[ENDPOINT_KEY][0]
+
+    assert endpoint.get("Status") == status
+    assert ("Status" in endpoint) is (status is not None)
+
+
+def test_every_health_status_microsoft_documents_has_a_case_above():
+    import MicrosoftDefenderForEndpoint as mde
+
+    assert set(mde.HEALTH_STATUSES) <= {health for health, _ in HEALTH_STATUS_CASES}
+
+
+@pytest.mark.parametrize("fields, os_version", [
+    ({"osVersion": None, "version": "22H2", "osProcessor": "x64"}, "22H2 x64 bit"),
+    ({"osVersion": "10.0.19045.4291", "version": "22H2", "osProcessor": "x86"}, "10.0.19045.4291 x86 bit"),
+    ({"osVersion": None, "version": "22H2", "osProcessor": None}, "22H2"),
+    ({"osVersion": None, "version": None, "osProcessor": "x64"}, None),
+])
+def test_endpoint_os_version_is_formatted_as_the_original_does(xsoar, requests_mock, fields, os_version):
+    requests_mock.get(f"{API}/machines", json={"value": [machine(**fields)]})
+
+    endpoint = xsoar.run("endpoint", args={"id": MID}).context[ENDPOINT_KEY][0]
+
+    assert endpoint.get("OSVersion") == os_version
+
+
+def test_endpoint_mac_address_is_the_one_of_the_last_ip_and_absent_when_no_interface_has_it(xsoar, requests_mock):
+    requests_mock.get(f"{API}/machines", json={"value": [
+        machine(lastIpAddress="192.168.1.9"), machine(MID2, lastIpAddress="172.16.0.1")]})
+
+    first, second = xsoar.run("endpoint", args={"id": f"{MID},{MID2}"}).context[ENDPOINT_KEY]
+
+    assert first["MACAddress"] == "66778899AABB"
+    assert "MACAddress" not in second
 
 
 @pytest.mark.parametrize("args, message", [

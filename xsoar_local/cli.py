@@ -31,6 +31,7 @@ EXIT_OK, EXIT_FAILED, EXIT_USAGE, EXIT_PARTIAL = 0, 1, 2, 3
 EXIT_INTERRUPTED, EXIT_BROKEN_PIPE = 130, 141  # what a shell reports for SIGINT and SIGPIPE
 ENTRY_ERROR = 4
 ENTRY_WARNING = 11  # XSOAR's warning entry: the task succeeds, but not everything worked
+ENTRY_EXECUTION_METRICS = 19  # API calls by outcome, for XSOAR's API Execution Metrics dashboard
 DEFAULT_NEXT_RUN = 30.0
 DEFAULT_POLL_TIMEOUT = 600.0
 ARG_NAME = re.compile(r"^[A-Za-z_][A-Za-z0-9_.-]*$")
@@ -109,7 +110,8 @@ def build_parser() -> argparse.ArgumentParser:
     output.add_argument("--json", dest="output", action="store_const", const="json", help="same as --output json")
     output.add_argument("--raw", action="store_true", help="print the entries' raw Contents")
     parser.add_argument("--verbose", "-v", action="store_true",
-                        help="show the plugin's debug log, full intermediate polling results and tracebacks")
+                        help="show the plugin's debug log, API call counts, full intermediate polling results "
+                             "and tracebacks")
     parser.add_argument("--state-dir", metavar="DIR",
                         help="base directory for saved state (default: $MDE_STATE_DIR or ~/.local/state/mde); "
                              "an instance's state goes to DIR/<instance name>/, caches to DIR/.cache/")
@@ -428,6 +430,9 @@ class Session:
             elif entry.get("Type") == ENTRY_WARNING:
                 self.warned = True
                 print(f"warning: {entry.get('Contents')}", file=sys.stderr)
+            elif entry.get("Type") == ENTRY_EXECUTION_METRICS:
+                if self.options.verbose:
+                    print(f"[metrics] API calls: {metrics_summary(entry)}", file=sys.stderr)
             elif entry.get("FileID"):
                 self.save_file(entry)
             elif self.mode == "raw":
@@ -515,6 +520,11 @@ def print_data(data: object, mode: str) -> None:
                         allow_unicode=True, default_flow_style=False), end="")
     else:
         print(json.dumps(data, indent=2, default=str))
+
+
+def metrics_summary(entry: dict) -> str:
+    counts = [f"{m.get('Type')} {m.get('APICallsCount')}" for m in entry.get("APIExecutionMetrics") or []]
+    return ", ".join(counts) or "none"
 
 
 def _entry_text(entry: dict) -> str | None:

@@ -24,20 +24,21 @@ def command_reference(integration: Integration) -> str:
 def command_section(command: Command) -> list[str]:
     title = command.name + (" (deprecated)" if command.deprecated else "")
     lines = [f"## {title}", "", command.description or "No description.", "", "### Arguments", ""]
-    if command.arguments:
-        lines += ["| Name | Required | Description | Options | Default |", "| --- | --- | --- | --- | --- |"]
-        lines += [_row(a.name, "yes" if a.required else "no", _argument_description(a),
-                       ", ".join(a.predefined), a.default_value or "") for a in command.arguments]
-    else:
-        lines.append("None.")
+    lines += table(("Name", "Required", "Description", "Options", "Default"),
+                   [(a.name, "yes" if a.required else "no", _argument_description(a), ", ".join(a.predefined),
+                     a.default_value or "") for a in command.arguments], empty="None.")
     lines += ["", "### Context outputs", ""]
-    if command.outputs:
-        lines += ["| Path | Type | Description |", "| --- | --- | --- |"]
-        lines += [_row(o.context_path, o.type, o.description) for o in command.outputs]
-    else:
-        lines.append("None.")
+    lines += table(("Path", "Type", "Description"),
+                   [(o.context_path, o.type, o.description) for o in command.outputs], empty="None.")
     lines += ["", "### Example", "", "```", example(command), "```", ""]
     return lines
+
+
+def table(headers: tuple[str, ...], rows: list[tuple[str, ...]], *, empty: str) -> list[str]:
+    """A Markdown table, or the `empty` sentence when there are no rows."""
+    if not rows:
+        return [empty]
+    return [_row(*headers), "| " + " | ".join("---" for _ in headers) + " |", *(_row(*row) for row in rows)]
 
 
 def example(command: Command) -> str:

@@ -15,10 +15,9 @@ from pathlib import Path
 
 import yaml
 
-from xsoar_local.yml import load_integration
+from xsoar_local.yml import Integration, load_integration
 
 DEFAULT_YML = "MicrosoftDefenderForEndpoint.yml"
-DEFAULT_DOCKER_IMAGE = "demisto/crypto:1.0.0.117145"  # carries requests, msal and cryptography
 # What the docker image provides besides the standard library (urllib3 comes with requests).
 ALLOWED_THIRD_PARTY = {"requests", "msal", "cryptography", "urllib3", "demistomock"}
 DEMISTOMOCK_IMPORT = re.compile(r"^import demistomock as demisto[ \t]*(#.*)?\n", re.MULTILINE)
@@ -47,9 +46,9 @@ def disallowed_imports(source: str, filename: str = "<integration>") -> list[str
     return found
 
 
-def unified_yml(yml_path: Path, docker_image: str) -> tuple[str, dict]:
-    integration = load_integration(yml_path)
-    script_path = integration.script_path
+def checked_script(integration: Integration, docker_image: str) -> str:
+    """The integration's code, refused if it imports what the docker image may not have."""
+    script_path, yml_path = integration.script_path, integration.yml_path
     if script_path is None or not script_path.exists():
         raise PackageError(f"no integration code next to {yml_path} (expected {yml_path.with_suffix('.py').name})")
     source = script_path.read_text(encoding="utf-8")
@@ -57,9 +56,17 @@ def unified_yml(yml_path: Path, docker_image: str) -> tuple[str, dict]:
     if bad:
         raise PackageError(f"{script_path.name} imports modules the docker image {docker_image} may not have: "
                            f"{', '.join(bad)}; use only the standard library, requests, msal and cryptography")
+    return source
+
+
+def unified_yml(yml_path: Path, docker_image: str | None = None) -> tuple[str, dict]:
+    """`docker_image` None keeps the yml's own image (a demisto/crypto tag that carries requests, msal and cryptography)."""
+    integration = load_integration(yml_path)
+    docker_image = docker_image or (integration.raw.get("script") or {}).get("dockerimage") or ""
+    source = checked_script(integration, docker_image)
     source, removed = DEMISTOMOCK_IMPORT.subn("", source)
     if re.search(r"^\s*(import|from)\s+demistomock\b", source, re.MULTILINE) or not removed:
-        raise PackageError(f"{script_path.name} must import the platform as exactly `import demistomock as demisto`")
+        raise PackageError(f"{integration.script_path.name} must import the platform as exactly `import demistomock as demisto`")
     data = dict(integration.raw)
     data["script"] = {**(data.get("script") or {}), "script": source, "dockerimage": docker_image}
     return f"integration-{yml_path.stem}.yml", data
@@ -77,7 +84,7 @@ def _str_representer(dumper: yaml.SafeDumper, value: str) -> yaml.Node:
 _LiteralDumper.add_representer(str, _str_representer)
 
 
-def build(yml_path: Path, out_dir: Path, docker_image: str = DEFAULT_DOCKER_IMAGE) -> Path:
+def build(yml_path: Path, out_dir: Path, docker_image: str | None = None) -> Path:
     name, data = unified_yml(yml_path, docker_image)
     out_dir.mkdir(parents=True, exist_ok=True)
     target = out_dir / name
@@ -92,8 +99,8 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--out", required=True, metavar="DIR", help="output directory, e.g. dist")
     parser.add_argument("--integration", default=DEFAULT_YML, metavar="YML",
                         help=f"integration yml, with its .py beside it (default: {DEFAULT_YML})")
-    parser.add_argument("--docker-image", default=DEFAULT_DOCKER_IMAGE,
-                        help=f"image the integration runs in; it must carry msal (default: {DEFAULT_DOCKER_IMAGE})")
+    parser.add_argument("--docker-image", default=None,
+                        help="image the integration runs in; it must carry msal (default: the yml's dockerimage)")
     options = parser.parse_args(argv)
     try:
         print(build(Path(options.integration), Path(options.out), options.docker_image))

@@ -17,6 +17,7 @@ from pathlib import Path
 from xsoar_local.state import MemoryStore, Store
 
 LOCAL_INVESTIGATION_ID = "local"
+LOCAL_SERVER_VERSION = "8.9.0"  # the platform version the local runtime reports (demistoVersion())
 
 
 class Runtime:
@@ -53,6 +54,9 @@ class Runtime:
 
     def investigation(self) -> dict:
         return {"id": LOCAL_INVESTIGATION_ID}
+
+    def demisto_version(self) -> dict:
+        return {"version": LOCAL_SERVER_VERSION, "buildNumber": "local"}
 
     def unique_file(self) -> str:
         return uuid.uuid4().hex

@@ -48,6 +48,15 @@ def poll(args):
     return entry
 
 
+def metrics():
+    """A result, then API-execution metrics as an integration on a 6.8+ server reports them."""
+    version = demisto.demistoVersion()["version"]
+    demisto.results(note({"ID": "m1"}, f"server {version}", {"Fake.Metrics(val.ID && val.ID == obj.ID)": {"ID": "m1"}}))
+    demisto.results({"Type": 19, "ContentsFormat": "text", "Contents": "Metrics reported successfully.",
+                     "APIExecutionMetrics": [{"Type": "Successful", "APICallsCount": 2},
+                                             {"Type": "QuotaError", "APICallsCount": 1}]})
+
+
 def fetch_incidents():
     last = demisto.getLastRun() or {}
     start = last.get("next", 0)
@@ -81,6 +90,8 @@ def main():
             demisto.results(count_in_context(args))
         elif command == "fake-poll":
             demisto.results(poll(args))
+        elif command == "fake-metrics":
+            metrics()
     except Exception as e:
         demisto.error(str(e))
         demisto.results({"Type": 4, "ContentsFormat": "text", "Contents": f"Failed to execute {command}: {e}"})
