@@ -19,6 +19,7 @@ DEFAULT_FAULTS = {"rate_limit_per_minute": None, "rate_limit_families": None, "r
 @pytest.fixture(scope="module")
 def server():
     with EmulatorServer(Options(seed=5, machines=300, alerts=20)) as srv:
+        srv.emulator.clock.freeze(True)  # emulator time moves only when a test advances it
         yield srv
 
 
