@@ -1611,6 +1611,11 @@ class ODataFilter:
             self.clauses.append(f"{self._field(name)} in ({', '.join(odata_literal(v) for v in values)})")
         return self
 
+    def contains(self, name: str, text: str | None) -> "ODataFilter":
+        if text:
+            self.clauses.append(f"contains({self._field(name)},{odata_literal(text)})")
+        return self
+
     def startswith_any(self, name: str, prefixes: Iterable[str]) -> "ODataFilter":
         parts = [f"startswith({self._field(name)},{odata_literal(p)})" for p in prefixes if p]
         if parts:
@@ -5091,8 +5096,475 @@ def get_domain_statistics_command(client: "Client", args: dict) -> CommandResult
 # ============================================================================================
 
 
+SOFTWARE_READ = ("Software.Read.All",)
+VULNERABILITY_READ = ("Vulnerability.Read.All",)
+RECOMMENDATION_READ = ("SecurityRecommendation.Read.All",)
+SCORE_READ = ("Score.Read.All",)
+REMEDIATION_READ = ("RemediationTasks.Read.All",)
+VULNERABILITIES_PAGE_SIZE = 8_000  # Microsoft's $top limit for /vulnerabilities (10,000 elsewhere)
+CVE_SEVERITIES = ("Low", "Medium", "High", "Critical")
+RECOMMENDATION_STATUSES = ("Active", "Exception")
+REMEDIATION_TYPES = ("ConfigurationChange", "Update", "Upgrade", "Uninstall")
+REMEDIATION_STATUSES = ("Active", "Completed")
+SOFTWARE_FILTER_FIELDS = ("id", "name", "vendor")
+VULNERABILITY_FILTER_FIELDS = ("id", "name", "description", "cvssV3", "publishedOn", "severity", "updatedOn")
+MACHINE_VULNERABILITY_FILTER_FIELDS = ("id", "cveId", "machineId", "fixingKbId", "productName", "productVersion",
+                                       "severity", "productVendor")
+RECOMMENDATION_FILTER_FIELDS = ("id", "productName", "vendor", "recommendedVersion", "recommendationCategory",
+                                "subCategory", "severityScore", "remediationType", "recommendedProgram",
+                                "recommendedVendor", "status")
+REMEDIATION_FILTER_FIELDS = ("createdOn", "status")
+_ID_PART = r"[A-Za-z0-9_.+!~-]+"  # e.g. microsoft-_-.net_framework, notepad-plus-plus-_-notepad++
+SOFTWARE_ID = re.compile(rf"^({_ID_PART})-_-({_ID_PART})$")
+CVE_ID = re.compile(r"^CVE-\d{4}-\d{4,}$", re.IGNORECASE)
+RECOMMENDATION_ID = re.compile(rf"^(va|sca)-_-{_ID_PART}(-_-{_ID_PART})*$", re.IGNORECASE)
+GUID = re.compile(r"^[0-9a-fA-F]{8}-([0-9a-fA-F]{4}-){3}[0-9a-fA-F]{12}$")
+CVE_KEY = "CVE(val.ID && val.ID == obj.ID)"
+
+
+def _same_names(*names: str) -> dict[str, str]:
+    """A field table for contexts that keep Microsoft's camelCase names as they are."""
+    return {name: name for name in names}
+
+
+VULNERABILITY_FIELDS = ("id", "name", "description", "severity", "cvssV3", "exposedMachines", "publishedOn",
+                        "updatedOn", "publicExploit", "exploitVerified", "exploitInKit", "exploitTypes", "exploitUris")
+VULNERABILITY_HEADERS = ("id", "severity", "cvssV3", "exposedMachines", "publicExploit", "publishedOn", "name")
+SOFTWARE = EntitySpec(_same_names(
+    "id", "name", "vendor", "weaknesses", "publicExploit", "activeAlert", "exposedMachines", "installedMachines",
+    "impactScore", "isNormalized", "category", "distributions"), path="Software", key=("id",),
+    headers=("id", "name", "vendor", "weaknesses", "exposedMachines", "installedMachines", "publicExploit",
+             "impactScore"))
+MACHINE_SOFTWARE = EntitySpec({
+    "id": "ID", "name": "Name", "vendor": "Vendor", "weaknesses": "Weaknesses", "publicExploit": "PublicExploit",
+    "activeAlert": "ActiveAlert", "exposedMachines": "ExposedMachines", "installedMachines": "InstalledMachines",
+    "impactScore": "ImpactScore", "isNormalized": "IsNormalized", "category": "Category",
+    "distributions": "Distributions",
+}, path="Software", headers=("ID", "Name", "Vendor", "Weaknesses", "PublicExploit", "ExposedMachines", "ImpactScore"))
+SOFTWARE_VERSION = EntitySpec(_same_names("softwareId", "version", "installations", "vulnerabilities"),
+                              path="SoftwareVersion", key=("softwareId", "version"))
+SOFTWARE_MACHINE = EntitySpec(_same_names("id", "computerDnsName", "osPlatform", "rbacGroupName", "rbacGroupId"),
+                              path="SoftwareMachine", key=("id",))
+SOFTWARE_CVE = EntitySpec(_same_names(*VULNERABILITY_FIELDS), path="SoftwareCVE", key=("id",),
+                          headers=VULNERABILITY_HEADERS)
+SOFTWARE_KB = EntitySpec(_same_names("id", "name", "osBuild", "productsNames", "url", "machineMissedOn",
+                                     "cveAddressed"), path="SoftwareKB", key=("id",))
+VULNERABILITY = SOFTWARE_CVE.extend(path="Vulnerability")
+MACHINE_CVE = EntitySpec(_same_names(*MACHINE_VULNERABILITY_FILTER_FIELDS), path="MachineCVE", key=("id",),
+                         headers=("machineId", "cveId", "severity", "productVendor", "productName", "productVersion",
+                                  "fixingKbId"))
+CVE_MACHINE = EntitySpec({
+    "id": "ID", "computerDnsName": "ComputerDNSName", "osPlatform": "OSPlatform", "rbacGroupName": "RBACGroupName",
+    "rbacGroupId": "RBACGroupID", "cves": "CVE",
+}, path="CveMachine")
+PUBLIC_PRODUCT_FIX = EntitySpec({
+    "id": "ID", "name": "Name", "productsNames": "ProductsNames", "url": "URL", "machineMissedOn": "MachineMissedOn",
+    "cveAddressed": "CVEAddressed", "osBuild": "OSBuild",
+}, path="PublicProductFix")
+PUBLIC_VULNERABILITY = EntitySpec({
+    "id": "ID", "name": "Name", "cveSupportability": "CVESupportability", "CveSupportability": "CVESupportability",
+    "cvssV3": "CVSSV3", "cvssVector": "CVSSVector", "description": "Description", "epss": "EPSS",
+    "exploitInKit": "ExploitInKit", "exploitTypes": "ExploitTypes", "exploitUris": "ExploitUris",
+    "exploitVerified": "ExploitVerified", "exposedMachines": "ExposedMachines", "firstDetected": "FirstDetected",
+    "publicExploit": "PublicExploit", "publishedOn": "PublishedOn", "severity": "Severity", "tags": "Tags",
+    "updatedOn": "UpdatedOn",
+}, path="PublicVulnerability", headers=("ID", "Severity", "CVSSV3", "PublicExploit", "ExploitVerified",
+                                        "FirstDetected", "PublishedOn", "Name"))
+RECOMMENDATION_MACHINE = EntitySpec({"id": "ID", "computerDnsName": "ComputerDNSName", "osPlatform": "OSPlatform",
+                                     "rbacGroupName": "RBACGroupName"})
+RECOMMENDATION_CVE = EntitySpec({"id": "ID", "severity": "Severity", "cvssV3": "CVSSV3",
+                                 "publicExploit": "PublicExploit"})
+RECOMMENDATION = EntitySpec({
+    "id": "ID", "productName": "ProductName", "recommendationName": "RecommendationName",
+    "weaknesses": "Weaknesses", "vendor": "Vendor", "recommendedVersion": "RecommendedVersion",
+    "recommendedProgram": "RecommendedProgram", "recommendedVendor": "RecommendedVendor",
+    "recommendationCategory": "RecommendationCategory", "subCategory": "SubCategory",
+    "severityScore": "SeverityScore", "publicExploit": "PublicExploit", "activeAlert": "ActiveAlert",
+    "associatedThreats": "AssociatedThreats", "remediationType": "RemediationType", "status": "Status",
+    "configScoreImpact": "ConfigScoreImpact", "exposureImpact": "ExposureImpact",
+    "totalMachineCount": "TotalMachineCount", "exposedMachinesCount": "ExposedMachinesCount",
+    "nonProductivityImpactedAssets": "NonProductivityImpactedAssets", "relatedComponent": "RelatedComponent",
+    "machines": ("Machines", RECOMMENDATION_MACHINE), "vulnerabilities": ("Vulnerabilities", RECOMMENDATION_CVE),
+}, path="Recommendation", headers=("ID", "RecommendationName", "SeverityScore", "ExposedMachinesCount", "Weaknesses",
+                                   "PublicExploit", "RemediationType"))
+EXPOSURE_SCORE = EntitySpec({"time": "Time", "score": "Score"}, path="ExposureScore", key=())
+MACHINE_GROUP_SCORE = EntitySpec({"time": "Time", "score": "Score", "rbacGroupName": "RBACGroupName",
+                                  "rbacGroupId": "RBACGroupID"}, path="MachineGroupExposureScore",
+                                 key=("RBACGroupName",), headers=("RBACGroupName", "Score", "Time"))
+REMEDIATION_TASK = EntitySpec({
+    "id": "ID", "title": "Title", "createdOn": "CreatedOn", "requesterEmail": "RequesterEmail",
+    "requesterNotes": "RequesterNotes", "status": "Status", "statusLastModifiedOn": "StatusLastModifiedOn",
+    "description": "Description", "relatedComponent": "RelatedComponent", "targetDevices": "TargetDevices",
+    "fixedDevices": "FixedDevices", "rbacGroupNames": "RBACGroupNames", "dueOn": "DueOn", "category": "Category",
+    "priority": "Priority", "type": "Type", "productId": "ProductID", "vendorId": "VendorID", "nameId": "NameID",
+    "recommendedVersion": "RecommendedVersion", "completionMethod": "CompletionMethod",
+}, path="RemediationTask", headers=("ID", "Title", "Status", "Priority", "TargetDevices", "FixedDevices", "DueOn"))
+
+
 class VulnerabilityApi:
     """Defender API calls of the vulnerability management (software, CVEs, recommendations) area (mixed into Client)."""
+
+    def list_software(self, *, odata_filter: str | None = None, limit: int | None = None,
+                      offset: int = 0) -> Iterator[dict]:
+        return self.paginate("Software", _filter_param(odata_filter), limit=limit, offset=offset)
+
+    def list_software_versions(self, software_id: str) -> list[dict]:
+        return list(self.paginate(f"Software/{segment(software_id, 'id')}/distributions"))
+
+    def list_software_machines(self, software_id: str) -> Iterator[dict]:
+        return self.paginate(f"Software/{segment(software_id, 'id')}/machineReferences")
+
+    def list_software_vulnerabilities(self, software_id: str) -> Iterator[dict]:
+        return self.paginate(f"Software/{segment(software_id, 'id')}/vulnerabilities",
+                             page_size=VULNERABILITIES_PAGE_SIZE)
+
+    def list_software_missing_kbs(self, software_id: str) -> Iterator[dict]:
+        return self.paginate(f"Software/{segment(software_id, 'id')}/getmissingkbs")
+
+    def list_vulnerabilities(self, *, odata_filter: str | None = None, limit: int | None = None,
+                             offset: int = 0) -> Iterator[dict]:
+        return self.paginate("vulnerabilities", _filter_param(odata_filter), limit=limit, offset=offset,
+                             page_size=VULNERABILITIES_PAGE_SIZE)
+
+    def list_vulnerability_machines(self, cve_id: str) -> list[dict]:
+        return list(self.paginate(f"vulnerabilities/{segment(cve_id, 'cve_id')}/machineReferences"))
+
+    def list_machine_vulnerability_records(self, *, odata_filter: str | None = None, limit: int | None = None,
+                                           offset: int = 0) -> Iterator[dict]:
+        return self.paginate("vulnerabilities/machinesVulnerabilities", _filter_param(odata_filter), limit=limit,
+                             offset=offset)
+
+    def list_machine_software(self, machine_id: str) -> Iterator[dict]:
+        return self.paginate(f"machines/{segment(machine_id, 'machine_id')}/software")
+
+    def list_machine_missing_kbs(self, machine_id: str) -> Iterator[dict]:
+        return self.paginate(f"machines/{segment(machine_id, 'machine_id')}/getmissingkbs")
+
+    def list_machine_vulnerabilities(self, machine_id: str) -> Iterator[dict]:
+        return self.paginate(f"machines/{segment(machine_id, 'machine_id')}/vulnerabilities",
+                             page_size=VULNERABILITIES_PAGE_SIZE)
+
+    def list_recommendations(self, *, odata_filter: str | None = None, limit: int | None = None,
+                             offset: int = 0) -> Iterator[dict]:
+        return self.paginate("recommendations", _filter_param(odata_filter), limit=limit, offset=offset)
+
+    def list_recommendation_machines(self, recommendation_id: str) -> list[dict]:
+        return list(self.paginate(f"recommendations/{segment(recommendation_id, 'id')}/machineReferences"))
+
+    def list_recommendation_vulnerabilities(self, recommendation_id: str) -> list[dict]:
+        return list(self.paginate(f"recommendations/{segment(recommendation_id, 'id')}/vulnerabilities",
+                                  page_size=VULNERABILITIES_PAGE_SIZE))
+
+    def get_exposure_score(self) -> dict:
+        return self.request("GET", "exposureScore") or {}
+
+    def list_exposure_scores_by_machine_group(self) -> list[dict]:
+        return list(self.paginate("exposureScore/ByMachineGroups"))
+
+    def list_remediation_tasks(self, *, odata_filter: str | None = None, limit: int | None = None,
+                               offset: int = 0) -> Iterator[dict]:
+        return self.paginate("remediationTasks", _filter_param(odata_filter), limit=limit, offset=offset)
+
+    def get_remediation_task(self, task_id: str) -> dict:
+        return self.request("GET", f"remediationTasks/{segment(task_id, 'id')}") or {}
+
+
+def _filter_param(odata_filter: str | None) -> dict:
+    return {"$filter": odata_filter} if odata_filter else {}
+
+
+def validate_software_id(value: str, name: str = "id") -> str:
+    if not SOFTWARE_ID.match(value.strip()):
+        raise ArgumentError(f"{name} must be a software ID in the form vendor-_-product, e.g. microsoft-_-edge "
+                            f"(got '{value}'). Find IDs with !microsoft-atp-list-software.")
+    return value.strip().lower()
+
+
+def validate_cve_id(value: str, name: str = "cve_id") -> str:
+    if not CVE_ID.match(value.strip()):
+        raise ArgumentError(f"{name} must be a CVE ID such as CVE-2024-21413 (got '{value}').")
+    return value.strip().upper()
+
+
+def validate_recommendation_id(value: str, name: str = "id") -> str:
+    if not RECOMMENDATION_ID.match(value.strip()):
+        raise ArgumentError(f"{name} must be a recommendation ID such as va-_-microsoft-_-edge or sca-_-scid-2010 "
+                            f"(got '{value}').")
+    return value.strip().lower()
+
+
+def validate_task_id(value: str, name: str = "id") -> str:
+    if not GUID.match(value.strip()):
+        raise ArgumentError(f"{name} must be a remediation task ID (a GUID) (got '{value}').")
+    return value.strip().lower()
+
+
+def validated_list(args: dict, name: str, validate: Callable[[str, str], str]) -> list[str]:
+    return list(dict.fromkeys(validate(value, name) for value in arg_to_list(args.get(name))))
+
+
+def arg_to_score(value: Any, name: str) -> float | None:
+    if value is None or str(value).strip() == "":
+        return None
+    try:
+        score = float(str(value).strip())
+    except ValueError:
+        raise ArgumentError(f"{name} must be a number from 0 to 10 (got '{value}').") from None
+    if not 0 <= score <= 10:
+        raise ArgumentError(f"{name} must be a number from 0 to 10 (got '{value}').")
+    return score
+
+
+def cve_context(vulnerability: dict) -> dict:
+    """The standard CVE context of one vulnerability (or of a machine-vulnerability record, which has only its ID)."""
+    fields = {"ID": vulnerability.get("cveId") or vulnerability.get("id"), "CVSS": vulnerability.get("cvssV3"),
+              "Description": vulnerability.get("description"), "Published": vulnerability.get("publishedOn"),
+              "Modified": vulnerability.get("updatedOn")}
+    return {key: value for key, value in fields.items() if value is not None}
+
+
+def collect_cves(records: Iterable[dict], cves: dict[str, dict]) -> Iterator[dict]:
+    """Passes records through unchanged while noting each one's CVE context (pages stay streamed)."""
+    for record in records:
+        cve = cve_context(record)
+        if cve.get("ID"):
+            cves.setdefault(cve["ID"], cve)
+        yield record
+
+
+def vulnerabilities_result(spec: EntitySpec, records: Iterable[dict], title: str, **options: Any) -> CommandResult:
+    """entity_result plus the standard CVE context for every vulnerability returned."""
+    cves: dict[str, dict] = {}
+    result = entity_result(spec, collect_cves(records, cves), title, **options)
+    if cves:
+        result.outputs[CVE_KEY] = list(cves.values())
+    return result
+
+
+def software_id_arg(args: dict) -> str:
+    return validate_software_id(arg_required(args, "id"))
+
+
+def machine_id_arg(args: dict) -> str:
+    return validate_machine_id(arg_required(args, "machine_id"))
+
+
+@command("microsoft-atp-list-software", SOFTWARE_READ)
+def list_software_command(client: "Client", args: dict) -> CommandResult:
+    odata = ODataFilter(SOFTWARE_FILTER_FIELDS)
+    odata.one_of("id", validated_list(args, "id", validate_software_id))
+    odata.one_of("name", arg_to_list(args.get("name")))
+    odata.one_of("vendor", arg_to_list(args.get("vendor")))
+    paging = paging_args(args)
+    software = client.list_software(odata_filter=odata.build(), limit=paging.limit, offset=paging.offset)
+    return entity_result(SOFTWARE, software, "Software")
+
+
+@command("microsoft-atp-list-software-version-distribution", SOFTWARE_READ)
+def list_software_version_distribution_command(client: "Client", args: dict) -> CommandResult:
+    software_id = software_id_arg(args)
+    versions = client.list_software_versions(software_id)
+    return entity_result(SOFTWARE_VERSION, ({**v, "softwareId": software_id} for v in versions),
+                         f"Installed versions of {software_id}")
+
+
+@command("microsoft-atp-list-machines-by-software", SOFTWARE_READ)
+def list_machines_by_software_command(client: "Client", args: dict) -> CommandResult:
+    software_id = software_id_arg(args)
+    return entity_result(SOFTWARE_MACHINE, client.list_software_machines(software_id),
+                         f"Machines with {software_id} installed")
+
+
+@command("microsoft-atp-list-vulnerabilities-by-software", VULNERABILITY_READ)
+def list_vulnerabilities_by_software_command(client: "Client", args: dict) -> CommandResult:
+    software_id = software_id_arg(args)
+    return vulnerabilities_result(SOFTWARE_CVE, client.list_software_vulnerabilities(software_id),
+                                  f"Vulnerabilities of {software_id}")
+
+
+@command("microsoft-atp-list-missing-kb-by-software", SOFTWARE_READ)
+def list_missing_kb_by_software_command(client: "Client", args: dict) -> CommandResult:
+    software_id = software_id_arg(args)
+    return entity_result(SOFTWARE_KB, client.list_software_missing_kbs(software_id),
+                         f"Security updates missing for {software_id}")
+
+
+def vulnerabilities_filter(args: dict, now: datetime) -> str | None:
+    odata = ODataFilter(VULNERABILITY_FILTER_FIELDS)
+    odata.one_of("id", validated_list(args, "id", validate_cve_id))
+    odata.eq("name", str(args.get("name_equal") or "").strip())
+    odata.contains("name", str(args.get("name_contains") or "").strip())
+    odata.contains("description", str(args.get("description_contains") or "").strip())
+    odata.compare("publishedOn", "ge", arg_to_datetime(args.get("published_on"), "published_on", now=now))
+    odata.compare("updatedOn", "ge", arg_to_datetime(args.get("updated_on"), "updated_on", now=now))
+    odata.compare("cvssV3", "ge", arg_to_score(args.get("cvss"), "cvss"))
+    odata.one_of("severity", arg_choices(args.get("severity"), "severity", CVE_SEVERITIES))
+    return odata.build()
+
+
+@command("microsoft-atp-list-vulnerabilities", VULNERABILITY_READ)
+def list_vulnerabilities_command(client: "Client", args: dict) -> CommandResult:
+    odata_filter = vulnerabilities_filter(args, client.clock.utcnow())
+    paging = paging_args(args, default_limit=25)
+    vulnerabilities = client.list_vulnerabilities(odata_filter=odata_filter, limit=paging.limit, offset=paging.offset)
+    return vulnerabilities_result(VULNERABILITY, vulnerabilities, "Vulnerabilities")
+
+
+def software_clause(software_id: str) -> ODataFilter:
+    vendor, product = SOFTWARE_ID.match(software_id).groups()
+    return ODataFilter(MACHINE_VULNERABILITY_FILTER_FIELDS).eq("productVendor", vendor).eq("productName", product)
+
+
+def machine_vulnerabilities_filter(args: dict, machine_id: str | None = None) -> ODataFilter:
+    odata = ODataFilter(MACHINE_VULNERABILITY_FILTER_FIELDS)
+    odata.eq("machineId", machine_id)
+    odata.any_of(*(software_clause(s) for s in validated_list(args, "software_id", validate_software_id)))
+    odata.one_of("cveId", validated_list(args, "cve_id", validate_cve_id))
+    odata.one_of("productName", arg_to_list(args.get("product_name")))
+    odata.one_of("productVersion", arg_to_list(args.get("product_version")))
+    odata.one_of("severity", arg_choices(args.get("severity"), "severity", CVE_SEVERITIES))
+    odata.one_of("productVendor", arg_to_list(args.get("product_vendor")))
+    return odata
+
+
+@command("microsoft-atp-list-vulnerabilities-by-machine", VULNERABILITY_READ)
+def list_vulnerabilities_by_machine_command(client: "Client", args: dict) -> CommandResult:
+    machine_ids = validated_list(args, "machine_id", validate_machine_id)
+    machine_vulnerabilities_filter(args)  # checks every argument before the first call
+    paging = paging_args(args, default_limit=25)
+
+    def records_of(machine_id: str | None) -> Iterator[dict]:
+        return client.list_machine_vulnerability_records(
+            odata_filter=machine_vulnerabilities_filter(args, machine_id).build(), limit=paging.limit,
+            offset=paging.offset)
+
+    if not machine_ids:  # one walk over every machine, streamed page by page
+        return vulnerabilities_result(MACHINE_CVE, records_of(None), "Vulnerabilities found on machines")
+    found, failed = call_for_each(machine_ids, lambda machine_id: list(records_of(machine_id)),
+                                  "Listing the machine's vulnerabilities")
+    result = vulnerabilities_result(MACHINE_CVE, (record for _, records in found for record in records),
+                                    "Vulnerabilities found on machines", failed=failed, failure_label="Machine ID")
+    summary = [{"Machine ID": machine_id, "Vulnerabilities": len(records) or "none found"}
+               for machine_id, records in found]
+    result.readable += "\n\n" + markdown_table("Per machine", summary)
+    return result
+
+
+@command("microsoft-atp-list-machines-by-vulnerability", VULNERABILITY_READ)
+def list_machines_by_vulnerability_command(client: "Client", args: dict) -> CommandResult:
+    cve_ids = validated_list(args, "cve_id", validate_cve_id)
+    if not cve_ids:
+        raise ArgumentError("cve_id is required: one or more CVE IDs such as CVE-2024-21413, comma-separated.")
+    found, failed = call_for_each(cve_ids, client.list_vulnerability_machines, "Finding machines for the CVE")
+    machines: dict[str, dict] = {}
+    for cve_id, exposed in found:
+        for machine in exposed:
+            entry = machines.setdefault(machine.get("id"), {**machine, "cves": []})
+            entry["cves"].append(cve_id)
+    result = entity_result(CVE_MACHINE, machines.values(), f"Machines exposed to {', '.join(cve_ids)}",
+                           failed=failed, failure_label="CVE")
+    empty = [cve_id for cve_id, exposed in found if not exposed]
+    if empty:
+        result.readable += f"\n\nNo exposed machines for: {', '.join(empty)}."
+    return result
+
+
+@command("microsoft-atp-get-machine-software", SOFTWARE_READ)
+def get_machine_software_command(client: "Client", args: dict) -> CommandResult:
+    machine_id = machine_id_arg(args)
+    return entity_result(MACHINE_SOFTWARE, client.list_machine_software(machine_id),
+                         f"Software installed on {machine_id}")
+
+
+@command("microsoft-atp-get-machine-missing-kbs", SOFTWARE_READ)
+def get_machine_missing_kbs_command(client: "Client", args: dict) -> CommandResult:
+    machine_id = machine_id_arg(args)
+    return entity_result(PUBLIC_PRODUCT_FIX, client.list_machine_missing_kbs(machine_id),
+                         f"Security updates missing on {machine_id}")
+
+
+@command("microsoft-atp-get-machine-vulnerabilities", VULNERABILITY_READ)
+def get_machine_vulnerabilities_command(client: "Client", args: dict) -> CommandResult:
+    machine_id = machine_id_arg(args)
+    return vulnerabilities_result(PUBLIC_VULNERABILITY, client.list_machine_vulnerabilities(machine_id),
+                                  f"Vulnerabilities found on {machine_id}")
+
+
+def recommendations_filter(args: dict) -> str | None:
+    odata = ODataFilter(RECOMMENDATION_FILTER_FIELDS)
+    odata.one_of("id", validated_list(args, "id", validate_recommendation_id))
+    odata.one_of("productName", arg_to_list(args.get("product_name")))
+    odata.one_of("vendor", arg_to_list(args.get("vendor")))
+    odata.compare("severityScore", "ge", arg_to_score(args.get("severity_score"), "severity_score"))
+    odata.eq("status", arg_choice(args.get("status"), "status", RECOMMENDATION_STATUSES))
+    odata.one_of("remediationType", arg_choices(args.get("remediation_type"), "remediation_type", REMEDIATION_TYPES))
+    return odata.build()
+
+
+def add_coverage(client: "Client", recommendations: list[dict], key: str, call: Callable[[str], list[dict]],
+                 what: str) -> Failures:
+    """Adds what each recommendation covers under `key`, one call per recommendation; failures are reported."""
+    found, failed = call_for_each([r["id"] for r in recommendations if r.get("id")], call, what)
+    covered = dict(found)
+    for recommendation in recommendations:
+        if recommendation.get("id") in covered:
+            recommendation[key] = covered[recommendation["id"]]
+    return failed
+
+
+@command("microsoft-atp-list-security-recommendations", RECOMMENDATION_READ)
+def list_security_recommendations_command(client: "Client", args: dict) -> CommandResult:
+    odata_filter = recommendations_filter(args)
+    with_machines = arg_to_bool(args.get("include_machines"), "include_machines")
+    with_vulnerabilities = arg_to_bool(args.get("include_vulnerabilities"), "include_vulnerabilities")
+    paging = paging_args(args)
+    recommendations = client.list_recommendations(odata_filter=odata_filter, limit=paging.limit, offset=paging.offset)
+    if not (with_machines or with_vulnerabilities):
+        return entity_result(RECOMMENDATION, recommendations, "Security recommendations")
+    recommendations = list(recommendations)
+    failed: Failures = []
+    if with_machines:
+        failed += add_coverage(client, recommendations, "machines", client.list_recommendation_machines,
+                               "Listing the recommendation's machines")
+    if with_vulnerabilities:
+        failed += add_coverage(client, recommendations, "vulnerabilities", client.list_recommendation_vulnerabilities,
+                               "Listing the recommendation's vulnerabilities")
+    result = entity_result(RECOMMENDATION, recommendations, "Security recommendations", failed=failed,
+                           failure_label="Recommendation")
+    cves = {cve["ID"]: cve for r in recommendations for cve in map(cve_context, r.get("vulnerabilities") or [])
+            if cve.get("ID")}
+    if cves:
+        result.outputs[CVE_KEY] = list(cves.values())
+    return result
+
+
+@command("microsoft-atp-get-exposure-score", SCORE_READ)
+def get_exposure_score_command(client: "Client", args: dict) -> CommandResult:
+    by_group = arg_to_bool(args.get("by_machine_group"), "by_machine_group")
+    result = entity_result(EXPOSURE_SCORE, client.get_exposure_score(), "Exposure score of the organization")
+    if by_group:
+        groups = entity_result(MACHINE_GROUP_SCORE, client.list_exposure_scores_by_machine_group(),
+                               "Exposure score by device group")
+        result.outputs.update(groups.outputs)
+        result.readable += "\n\n" + groups.readable
+        result.raw = {"organization": result.raw, "byMachineGroup": groups.raw}
+    return result
+
+
+@command("microsoft-atp-list-remediation-tasks", REMEDIATION_READ)
+def list_remediation_tasks_command(client: "Client", args: dict) -> CommandResult:
+    task_ids = validated_list(args, "id", validate_task_id)
+    if task_ids:
+        found, failed = call_for_each(task_ids, client.get_remediation_task, "Getting the remediation task")
+        return entity_result(REMEDIATION_TASK, [task for _, task in found], "Remediation tasks", failed=failed,
+                             failure_label="Task ID")
+    odata = ODataFilter(REMEDIATION_FILTER_FIELDS)
+    odata.eq("status", arg_choice(args.get("status"), "status", REMEDIATION_STATUSES))
+    odata.compare("createdOn", "ge", arg_to_datetime(args.get("creation_time"), "creation_time",
+                                                     now=client.clock.utcnow()))
+    paging = paging_args(args)
+    tasks = client.list_remediation_tasks(odata_filter=odata.build(), limit=paging.limit, offset=paging.offset)
+    return entity_result(REMEDIATION_TASK, tasks, "Remediation tasks")
 
 
 # ============================================================================================

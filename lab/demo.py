@@ -148,7 +148,23 @@ def block_a_hash(t: Tour, ready: dict) -> None:
     t.run("client-credentials", "microsoft-atp-sc-indicator-list", f"indicator_value={sha256}")
 
 
-HIGHLIGHTS = [respond_to_a_host, retrieve_a_file_from_a_host, alerts_and_fetch, block_a_hash, hunt]
+def what_to_patch_first(t: Tour, ready: dict) -> None:
+    t.step("Which machines have this CVE, and what should we patch first?")
+    t.run("client-credentials", "microsoft-atp-list-vulnerabilities-by-software", "id=microsoft-_-windows_11")
+    quiet = t.mde.run(t.instances["client-credentials"], "microsoft-atp-list-vulnerabilities-by-software",
+                      "id=microsoft-_-windows_11", options=("--json",))
+    cves = json.loads(quiet.stdout)["MicrosoftATP.SoftwareCVE"]
+    cves = cves if isinstance(cves, list) else [cves]
+    worst = max(cves, key=lambda cve: (cve["cvssV3"], cve["exposedMachines"]))
+    t.run("client-credentials", "microsoft-atp-list-machines-by-vulnerability", f"cve_id={worst['id']}")
+    t.run("client-credentials", "microsoft-atp-list-security-recommendations", "severity_score=8",
+          "status=Active", "limit=5")
+    t.run("client-credentials", "microsoft-atp-get-exposure-score", "by_machine_group=true")
+    t.run("client-credentials", "microsoft-atp-list-remediation-tasks", "status=Active", "limit=5")
+
+
+HIGHLIGHTS = [respond_to_a_host, retrieve_a_file_from_a_host, alerts_and_fetch, block_a_hash,
+              what_to_patch_first, hunt]
 
 
 def main() -> int:

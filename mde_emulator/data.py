@@ -116,6 +116,7 @@ class Store:
         self.tenant_id = tenant_id
         self.clock = clock or Clock()
         self.now = now or self.clock.utcnow()  # the seed data's "now"; new records use the clock
+        self.seed = seed
         self.rng = random.Random(seed)
         self.machines: list[dict] = []
         self.machines_by_id: dict[str, dict] = {}

@@ -43,6 +43,7 @@ ALL_ROLES = [
     "Alert.Read.All", "Alert.ReadWrite.All", "User.Read.All", "File.Read.All", "Ip.Read.All", "URL.Read.All",
     "Ti.ReadWrite", "Ti.ReadWrite.All", "AdvancedQuery.Read.All", "Software.Read.All", "Vulnerability.Read.All",
     "SecurityRecommendation.Read.All", "Library.Manage", "Score.Read.All", "RemediationTask.Read.All",
+    "RemediationTasks.Read.All",
     "SecurityConfiguration.Read.All",
 ]
 LIMITED_ROLES = ["Machine.Read.All", "Alert.Read.All"]

@@ -40,6 +40,7 @@ class Schema:
     filterable: dict[str, str]
     sub_fields: dict[str, dict[str, str]] = field(default_factory=dict)  # for OBJ_LIST fields
     expandable: tuple[str, ...] = ()
+    max_top: int = MAX_TOP  # the largest $top, and the page size without one (8,000 for vulnerabilities)
 
 
 @dataclass
@@ -51,6 +52,7 @@ class QueryOptions:
     select: list[str] | None = None
     expand: list[str] = field(default_factory=list)
     count: bool = False
+    page_size: int = PAGE_SIZE
 
 
 # ---------------------------------------------------------------------------------------------------------------
@@ -364,13 +366,13 @@ def parse_options(query: dict[str, str], schema: Schema) -> QueryOptions:
         if name.startswith("$") and name.lower() not in _KNOWN_OPTIONS:
             raise ODataError(f"The query parameter '{name}' is not supported.")
     q = {k.lower(): v for k, v in query.items() if k.startswith("$")}
-    opts = QueryOptions()
+    opts = QueryOptions(page_size=schema.max_top)
     if q.get("$filter", "").strip():
         opts.filter = compile_filter(q["$filter"], schema)
     if "$top" in q:
         opts.top = _int_option("$top", q["$top"])
-        if opts.top > MAX_TOP:
-            raise ODataError(f"The limit of '{MAX_TOP}' for Top query has been exceeded. "
+        if opts.top > schema.max_top:
+            raise ODataError(f"The limit of '{schema.max_top}' for Top query has been exceeded. "
                              f"The value from the incoming request is '{opts.top}'.")
     if "$skip" in q:
         opts.skip = _int_option("$skip", q["$skip"])
@@ -420,8 +422,8 @@ def apply_options(rows: list[dict], opts: QueryOptions) -> tuple[list[dict], int
     total = len(rows)
     if opts.top is not None:
         return rows[opts.skip:opts.skip + opts.top], total, False
-    page = rows[opts.skip:opts.skip + PAGE_SIZE]
-    return page, total, opts.skip + PAGE_SIZE < total
+    page = rows[opts.skip:opts.skip + opts.page_size]
+    return page, total, opts.skip + opts.page_size < total
 
 
 def project(row: dict, opts: QueryOptions) -> dict:

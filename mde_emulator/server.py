@@ -42,6 +42,7 @@ from . import (
     api_live_response,
     api_machines,
     api_reputation,
+    api_tvm,
     identity,
 )
 from .clock import Clock
@@ -58,7 +59,7 @@ GARBLED_BODIES = {"html": (b"<html><body><h1>502 Bad Gateway</h1></body></html>"
                   "malformed": (b'{"id": "', "application/json"), "empty": (b"", "application/json")}
 API_ERROR_CODES = {500: "InternalServerError", 502: "BadGateway", 503: "ServiceUnavailable", 504: "GatewayTimeout"}
 ROUTE_MODULES = (identity, api_machines, api_actions, api_alerts, api_hunting, api_indicators, api_live_response,
-                 api_reputation)
+                 api_reputation, api_tvm)
 
 
 def assemble_routes(emu: Emulator, modules=ROUTE_MODULES) -> list[Route]:

@@ -141,5 +141,5 @@ def serve_collection(request: Request, rows: list[dict], schema: odata.Schema,
     body["value"] = values
     if more:
         body["@odata.nextLink"] = odata.next_link(request.emu.base_url, request.raw_path, request.query,
-                                                  opts.skip + odata.PAGE_SIZE)
+                                                  opts.skip + opts.page_size)
     return Response.json(200, body)

@@ -29,7 +29,7 @@ IMPLEMENTED_AREAS = {
     # live response and reputation
     "live_response", "entity_lookups_reputation",
     # vulnerability management
-
+    "tvm",
 }
 YML_COMMANDS = {c["name"]: c for c in YML["script"]["commands"]}
 PLATFORM_COMMANDS = {"test-module", "fetch-incidents"}
@@ -44,7 +44,8 @@ def test_yml_validates_against_the_xsoar_integration_schema():
 def test_brand_and_context_prefix_match_the_contract():
     assert YML["commonfields"]["id"] == YML["name"] == CONTRACT["brand"]
     paths = {o["contextPath"] for c in YML_COMMANDS.values() for o in c.get("outputs") or []}
-    assert all(p.split(".")[0] in (CONTRACT["context_prefix"], "Endpoint", "File", "IP", "Domain", "URL", "DBotScore")
+    assert all(p.split(".")[0] in (CONTRACT["context_prefix"], "Endpoint", "File", "IP", "Domain", "URL", "CVE",
+                                   "DBotScore")
                for p in paths)
 
 

@@ -58,6 +58,7 @@ class Api:
 @pytest.fixture(scope="module")
 def server():
     with EmulatorServer(Options(seed=5, machines=50, alerts=60)) as srv:
+        srv.emulator.clock.freeze(True)  # emulator time moves only when a test advances it
         yield srv
 
 

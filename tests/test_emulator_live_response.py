@@ -20,6 +20,7 @@ DELAY = 100  # action delay (emulator seconds): InProgress at 50, commands finis
 @pytest.fixture(scope="module")
 def server():
     with EmulatorServer(Options(seed=5, machines=80, alerts=300, action_delay=DELAY, token_lifetime=10**7)) as srv:
+        srv.emulator.clock.freeze(True)  # emulator time moves only when a test advances it
         yield srv
 
 
