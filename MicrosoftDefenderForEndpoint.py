@@ -33,9 +33,8 @@ import secrets
 import sys
 import time
 from collections.abc import Callable, Iterable, Iterator
-from dataclasses import dataclass, field, replace
 from datetime import datetime, timedelta, timezone
-from typing import Any, ClassVar
+from typing import Any, NamedTuple
 from urllib.parse import quote, urlencode, urljoin, urlparse
 
 import requests
@@ -60,8 +59,7 @@ AUTH_FLOWS = (FLOW_XSOAR_APP, FLOW_CLIENT_CREDENTIALS, FLOW_AUTH_CODE, FLOW_MANA
 _COMMERCIAL_GRAPH = "https://graph.microsoft.com"
 
 
-@dataclass(frozen=True)
-class Cloud:
+class Cloud(NamedTuple):
     """Where one Microsoft cloud keeps its login service and the Defender API."""
 
     login_host: str  # Entra ID authority host
@@ -316,11 +314,10 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
-@dataclass(frozen=True)
-class XsoarAppSettings:
+class XsoarAppSettings(NamedTuple):
     """The Cortex XSOAR app: ID, Token and Key come from the consent page, not from Entra."""
 
-    flow: ClassVar[str] = FLOW_XSOAR_APP
+    flow = FLOW_XSOAR_APP
     cloud: Cloud
     registration_id: str
     consent_token: str
@@ -338,11 +335,10 @@ class XsoarAppSettings:
         return self.registration_id, self.token_url, _digest(self.consent_token), _digest(self.encryption_key)
 
 
-@dataclass(frozen=True)
-class ClientCredentialsSettings:
+class ClientCredentialsSettings(NamedTuple):
     """A self-deployed Entra app proving itself with a client secret or a certificate."""
 
-    flow: ClassVar[str] = FLOW_CLIENT_CREDENTIALS
+    flow = FLOW_CLIENT_CREDENTIALS
     cloud: Cloud
     client_id: str
     tenant_id: str
@@ -350,8 +346,8 @@ class ClientCredentialsSettings:
     thumbprint: str = ""
     private_key: str = ""
 
-    @classmethod
-    def _values(cls, params: dict) -> dict[str, Any]:
+    @staticmethod
+    def credential_values(params: dict) -> dict[str, Any]:
         values = auth_values(params)
         REDACT.add(values["key"], values["private_key"], values["auth_code"])
         return {"cloud": values["cloud"], "client_id": values["id"], "tenant_id": values["token"],
@@ -360,7 +356,7 @@ class ClientCredentialsSettings:
 
     @classmethod
     def from_params(cls, params: dict) -> "ClientCredentialsSettings":
-        return cls(**cls._values(params))
+        return cls(**cls.credential_values(params))
 
     @property
     def uses_certificate(self) -> bool:
@@ -371,25 +367,34 @@ class ClientCredentialsSettings:
                 _digest(self.private_key))
 
 
-@dataclass(frozen=True)
-class AuthorizationCodeSettings(ClientCredentialsSettings):
-    """A self-deployed Entra app acting for the user who signed in once (then refresh tokens)."""
+class AuthorizationCodeSettings(NamedTuple):
+    """A self-deployed Entra app acting for the user who signed in once (then refresh tokens). The app's own
+    credential is the client credentials flow's, so the fields and their helpers are the same."""
 
-    flow: ClassVar[str] = FLOW_AUTH_CODE
+    flow = FLOW_AUTH_CODE
+    cloud: Cloud
+    client_id: str
+    tenant_id: str
+    client_secret: str = ""
+    thumbprint: str = ""
+    private_key: str = ""
     redirect_uri: str = ""
     auth_code: str = ""
 
     @classmethod
     def from_params(cls, params: dict) -> "AuthorizationCodeSettings":
         values = auth_values(params)
-        return cls(**cls._values(params), redirect_uri=values["redirect_uri"], auth_code=values["auth_code"])
+        return cls(**ClientCredentialsSettings.credential_values(params), redirect_uri=values["redirect_uri"],
+                   auth_code=values["auth_code"])
+
+    uses_certificate = ClientCredentialsSettings.uses_certificate
+    identity = ClientCredentialsSettings.identity
 
 
-@dataclass(frozen=True)
-class ManagedIdentitySettings:
+class ManagedIdentitySettings(NamedTuple):
     """The Azure resource's own identity: system-assigned, or user-assigned when a client ID is set."""
 
-    flow: ClassVar[str] = FLOW_MANAGED_IDENTITY
+    flow = FLOW_MANAGED_IDENTITY
     cloud: Cloud
     client_id: str = ""
 
@@ -418,18 +423,20 @@ def credential_fingerprint(settings: AuthSettings) -> str:
     return hashlib.sha256("\x1f".join(parts).encode()).hexdigest()[:32]
 
 
-@dataclass(frozen=True)
-class Network:
+class Network(NamedTuple):
     """How requests leave the integration: certificate checking and proxy."""
 
     verify: bool = True
-    proxies: dict = field(default_factory=dict)
+    proxies: dict | None = None  # None: the system's proxy settings
 
     @classmethod
     def from_params(cls, params: dict) -> "Network":
         insecure = _param_bool(params, "insecure", "Trust any certificate")
         use_proxy = _param_bool(params, "proxy", "Use system proxy settings")
         return cls(verify=not insecure, proxies={} if use_proxy else {"http": "", "https": ""})
+
+
+DEFAULT_NETWORK = Network()  # certificates checked, the system's proxy settings
 
 
 # ---- token state in the integration context --------------------------------------------------
@@ -696,7 +703,7 @@ class TokenProvider:
     flow = ""
     credential_type = ""  # what the hints talk about: SECRET, CERTIFICATE or nothing
 
-    def __init__(self, settings: Any, session: requests.Session, store: TokenStore, network: Network = Network(),
+    def __init__(self, settings: Any, session: requests.Session, store: TokenStore, network: Network = DEFAULT_NETWORK,
                  clock: Clock = SYSTEM_CLOCK):
         self.settings, self.session, self.store, self.network, self.clock = settings, session, store, network, clock
         self.run_id = secrets.token_hex(8)
@@ -1036,14 +1043,14 @@ PROVIDERS: dict[str, type[TokenProvider]] = {
 }
 
 
-def build_token_provider(settings: AuthSettings, session: requests.Session, network: Network = Network(),
+def build_token_provider(settings: AuthSettings, session: requests.Session, network: Network = DEFAULT_NETWORK,
                          clock: Clock = SYSTEM_CLOCK, graph: bool = False) -> TokenProvider:
     """The flow's provider for the Defender API, or (graph) for Microsoft Graph: the same credential with Graph's
     scope and managed-identity resource, its token kept under graph_* keys."""
     store = TokenStore(credential_fingerprint(settings), clock, "graph_" if graph else "")
     if graph:
         cloud = settings.cloud
-        settings = replace(settings, cloud=replace(cloud, scope=cloud.graph_scope, mi_resource=cloud.graph_audience))
+        settings = settings._replace(cloud=cloud._replace(scope=cloud.graph_scope, mi_resource=cloud.graph_audience))
     return PROVIDERS[settings.flow](settings, session, store, network, clock)
 
 
@@ -1666,8 +1673,7 @@ def call_for_each(items: list[str], call: Callable[[str], Any], what: str) -> tu
     return done, failed
 
 
-@dataclass(frozen=True)
-class Paging:
+class Paging(NamedTuple):
     limit: int | None  # None: every match
     offset: int
 
@@ -1697,8 +1703,7 @@ def paging_args(args: dict, default_limit: int = 50, *, zero_means_all: bool = F
 
 
 # Output mapping is data: per entity, Microsoft's camelCase field -> the context key playbooks read.
-@dataclass(frozen=True)
-class EntitySpec:
+class EntitySpec(NamedTuple):
     """How one kind of API record appears in context and in tables."""
 
     fields: dict[str, Any]  # API field -> context key, or (context key, nested EntitySpec) for objects and lists
@@ -1711,7 +1716,7 @@ class EntitySpec:
         return context_key(f"{CONTEXT_PREFIX}.{path or self.path}", *(self.key if key is None else key))
 
     def extend(self, **changes: Any) -> "EntitySpec":
-        return replace(self, **changes)
+        return self._replace(**changes)
 
 
 # Short values (statuses, platforms, scores, group names) repeat across records; one shared copy of each keeps a
@@ -1788,8 +1793,7 @@ def markdown_table(title: str, rows: list[dict] | dict, headers: Iterable[str] |
     return "\n".join(lines)
 
 
-@dataclass
-class ScheduledCommand:
+class ScheduledCommand(NamedTuple):
     """Asks the platform to run `command` again with `args` after `next_run` seconds."""
 
     command: str
@@ -1798,12 +1802,17 @@ class ScheduledCommand:
     timeout: int
 
 
-@dataclass
 class CommandResult:
-    readable: str
-    outputs: dict = field(default_factory=dict)  # context key (with merge rule) -> value
-    raw: Any = None
-    scheduled: ScheduledCommand | None = None
+    """What a command returns; commands adjust the text or outputs before it becomes an entry."""
+
+    __slots__ = ("readable", "outputs", "raw", "scheduled")
+
+    def __init__(self, readable: str, outputs: dict | None = None, raw: Any = None,
+                 scheduled: ScheduledCommand | None = None) -> None:
+        self.readable = readable
+        self.outputs = {} if outputs is None else outputs  # context key (with merge rule) -> value
+        self.raw = raw
+        self.scheduled = scheduled
 
     def to_entry(self) -> dict:
         entry = {"Type": 1, "ContentsFormat": "json", "Contents": self.raw if self.raw is not None else {},
@@ -1878,8 +1887,7 @@ def jwt_claims(token: str) -> dict:
         raise AuthError("The access token is not a JWT, so its permissions cannot be listed.") from exc
 
 
-@dataclass(frozen=True)
-class Command:
+class Command(NamedTuple):
     func: Callable[..., Any]
     roles: tuple[str, ...] = ()  # any one of these application permissions allows the command
     takes_params: bool = False  # test-module and fetch-incidents read the instance parameters, not arguments
@@ -2401,8 +2409,7 @@ def get_investigation_package_sas_uri_command(client: "Client", args: dict) -> C
         "Link": link, "ActionID": action_id}}, raw={"value": link})
 
 
-@dataclass(frozen=True)
-class ActionCommand:
+class ActionCommand(NamedTuple):
     """A response-action command: what it asks Microsoft for and how its results are written."""
 
     name: str  # the command, rerun by the platform while actions are pending
@@ -2412,22 +2419,24 @@ class ActionCommand:
     spec: EntitySpec = MACHINE_ACTION  # how the actions are written to context
 
 
-@dataclass(frozen=True)
-class ActionTarget:
+class ActionTarget(NamedTuple):
     machine_id: str
     file_sha1: str = ""
     comment: str = ""  # what the request said; identifies the action if the answer to it was lost
 
 
-@dataclass
 class ActionOutcome:
     """One requested action: Microsoft's record of it, or why it could not be requested or found."""
 
-    machine_id: str
-    action: dict = field(default_factory=dict)
-    preexisting: bool = False
-    error: str = ""
-    note: str = ""
+    __slots__ = ("machine_id", "action", "preexisting", "error", "note")
+
+    def __init__(self, machine_id: str, action: dict | None = None, preexisting: bool = False, *, error: str = "",
+                 note: str = "") -> None:
+        self.machine_id = machine_id
+        self.action = action or {}  # empty when the action could not be requested or found
+        self.preexisting = preexisting
+        self.error = error
+        self.note = note
 
     @property
     def final(self) -> bool:
@@ -3054,8 +3063,7 @@ INCIDENT_NAME = "Microsoft Defender ATP Alert {id}"  # the original's name, kept
 DEFAULT_FIRST_FETCH = "3 days"
 
 
-@dataclass(frozen=True)
-class FetchSettings:
+class FetchSettings(NamedTuple):
     first_fetch: datetime
     max_fetch: int
     lookback: timedelta
@@ -3086,8 +3094,7 @@ def fetch_settings_from_params(params: dict, now: datetime | None = None) -> Fet
     )
 
 
-@dataclass(frozen=True)
-class FetchCursor:
+class FetchCursor(NamedTuple):
     """Where the next run starts. `time`: creation time of the newest alert taken. `floor`: no alert older than
     this is fetched again (ids below it are forgotten). `seen`: ids already taken at or after `floor`."""
 
@@ -3246,8 +3253,7 @@ def hunt_time_range(value: Any) -> int | None:
     return int(match.group(1)) * UNIT_SECONDS[match.group(2).lower()]
 
 
-@dataclass(frozen=True)
-class HuntFilters:
+class HuntFilters(NamedTuple):
     """Validated template arguments: each list becomes one condition, joined by `query_operation`."""
 
     device_name: list[str]
@@ -3319,8 +3325,7 @@ def ordered(*columns: str) -> str:
     return "| order by Timestamp desc " + project(*columns)
 
 
-@dataclass(frozen=True)
-class HuntTemplate:
+class HuntTemplate(NamedTuple):
     """One purpose of a template command: source, fixed conditions (constant KQL), how arguments map to columns
     (`file`: target file, `init`: initiating process, `device`, `username`), what is required, and the tail."""
 
@@ -3573,8 +3578,7 @@ HUNT_MAX_TIMEOUT = 600
 LEADING_TABLE = re.compile(r"^\s*([A-Za-z_][A-Za-z0-9_]*)\s*(\||$)")
 
 
-@dataclass
-class HuntResult:
+class HuntResult(NamedTuple):
     """One query's answer, the same whichever back end ran it."""
 
     columns: list[dict]  # [{"name", "type"}]
@@ -3767,8 +3771,7 @@ for _suffix in HUNT_COMMANDS:
     template_command(_suffix)
 
 
-@dataclass(frozen=True)
-class NamedQuery:
+class NamedQuery(NamedTuple):
     name: str | None
     query: str
     timeout: int
@@ -3978,8 +3981,7 @@ def future_time(value: Any, name: str, now: datetime) -> datetime:
     return when
 
 
-@dataclass(frozen=True)
-class IndicatorNames:
+class IndicatorNames(NamedTuple):
     """What the user calls each Indicators API field, so errors name the argument (or batch field) to fix."""
 
     value: str = "indicatorValue"
@@ -4222,12 +4224,16 @@ def batch_items(value: Any) -> list:
     return items
 
 
-@dataclass
 class BatchItem:
-    position: int  # 1-based, as the user counts items
-    value: str
-    body: dict | None = None
-    outcome: dict | None = None  # {"id", "indicator", "isFailed", "failureReason", "outcome"}
+    """One item of an indicator batch, checked first and then given its outcome."""
+
+    __slots__ = ("position", "value", "body", "outcome")
+
+    def __init__(self, position: int, value: str) -> None:
+        self.position = position  # 1-based, as the user counts items
+        self.value = value
+        self.body: dict | None = None
+        self.outcome: dict | None = None  # {"id", "indicator", "isFailed", "failureReason", "outcome"}
 
     def fail(self, reason: str) -> None:
         self.outcome = {"id": None, "indicator": self.value, "isFailed": True, "failureReason": reason,

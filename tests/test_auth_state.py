@@ -344,6 +344,16 @@ def test_msal_and_aesgcm_are_not_imported_when_the_plugin_loads():
     assert result.stdout.strip() == "[]"
 
 
+def test_loading_the_plugin_imports_nothing_beyond_requests_and_its_own_imports():
+    """Import cost is a bench goal (<= 1.15x `import requests`); this keeps heavy modules such as dataclasses
+    (and the inspect/ast it pulls in) from creeping back into the plugin's load."""
+    code = ("import sys, requests; before = set(sys.modules); import MicrosoftDefenderForEndpoint; "
+            "print(' '.join(sorted(set(sys.modules) - before)))")
+    result = subprocess.run([sys.executable, "-c", code], cwd=ROOT, capture_output=True, text=True, check=True)
+    added = set(result.stdout.split())
+    assert added - {"MicrosoftDefenderForEndpoint", "demistomock", "secrets"} == set()
+
+
 def test_the_xsoar_app_flow_runs_without_msal(xsoar, requests_mock, clock, monkeypatch):
     monkeypatch.setattr(mde, "msal", None)
     monkeypatch.setitem(sys.modules, "msal", None)
