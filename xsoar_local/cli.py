@@ -375,7 +375,8 @@ class Session:
         """A round that is not the last: one progress line with its status (after the table of the first round,
         which names what was started), unless --verbose asks for every round in full."""
         for entry in entries:
-            if not isinstance(entry, dict) or entry.get("Type") == ENTRY_ERROR or entry.get("FileID"):
+            if (not isinstance(entry, dict) or entry.get("Type") in (ENTRY_ERROR, ENTRY_EXECUTION_METRICS)
+                    or entry.get("FileID")):  # errors, files and metrics show as they do outside polling
                 self.show_entries(command, [entry])
                 continue
             text = PLUGIN_NEXT_CHECK.sub("", _entry_text(entry) or "").strip()

@@ -52,9 +52,13 @@ def metrics():
     """A result, then API-execution metrics as an integration on a 6.8+ server reports them."""
     version = demisto.demistoVersion()["version"]
     demisto.results(note({"ID": "m1"}, f"server {version}", {"Fake.Metrics(val.ID && val.ID == obj.ID)": {"ID": "m1"}}))
-    demisto.results({"Type": 19, "ContentsFormat": "text", "Contents": "Metrics reported successfully.",
-                     "APIExecutionMetrics": [{"Type": "Successful", "APICallsCount": 2},
-                                             {"Type": "QuotaError", "APICallsCount": 1}]})
+    demisto.results(metrics_entry())
+
+
+def metrics_entry() -> dict:
+    return {"Type": 19, "ContentsFormat": "text", "Contents": "Metrics reported successfully.",
+            "APIExecutionMetrics": [{"Type": "Successful", "APICallsCount": 2},
+                                    {"Type": "QuotaError", "APICallsCount": 1}]}
 
 
 def fetch_incidents():
@@ -90,6 +94,7 @@ def main():
             demisto.results(count_in_context(args))
         elif command == "fake-poll":
             demisto.results(poll(args))
+            demisto.results(metrics_entry())  # every polling round reports its API calls, as the plugin does
         elif command == "fake-metrics":
             metrics()
     except Exception as e:
