@@ -336,42 +336,10 @@ class XsoarAppSettings(NamedTuple):
 
 
 class ClientCredentialsSettings(NamedTuple):
-    """A self-deployed Entra app proving itself with a client secret or a certificate."""
+    """A self-deployed Entra app proving itself with a client secret or a certificate. The authorization code
+    flow's two fields are here too (empty in this flow) because a NamedTuple's subclass cannot add fields."""
 
     flow = FLOW_CLIENT_CREDENTIALS
-    cloud: Cloud
-    client_id: str
-    tenant_id: str
-    client_secret: str = ""
-    thumbprint: str = ""
-    private_key: str = ""
-
-    @staticmethod
-    def credential_values(params: dict) -> dict[str, Any]:
-        values = auth_values(params)
-        REDACT.add(values["key"], values["private_key"], values["auth_code"])
-        return {"cloud": values["cloud"], "client_id": values["id"], "tenant_id": values["token"],
-                "client_secret": values["key"], "thumbprint": values["thumbprint"],
-                "private_key": values["private_key"]}
-
-    @classmethod
-    def from_params(cls, params: dict) -> "ClientCredentialsSettings":
-        return cls(**cls.credential_values(params))
-
-    @property
-    def uses_certificate(self) -> bool:
-        return bool(self.thumbprint and self.private_key)
-
-    def identity(self) -> tuple[str, ...]:
-        return (self.client_id, self.tenant_id, _digest(self.client_secret), self.thumbprint,
-                _digest(self.private_key))
-
-
-class AuthorizationCodeSettings(NamedTuple):
-    """A self-deployed Entra app acting for the user who signed in once (then refresh tokens). The app's own
-    credential is the client credentials flow's, so the fields and their helpers are the same."""
-
-    flow = FLOW_AUTH_CODE
     cloud: Cloud
     client_id: str
     tenant_id: str
@@ -382,13 +350,31 @@ class AuthorizationCodeSettings(NamedTuple):
     auth_code: str = ""
 
     @classmethod
+    def from_params(cls, params: dict) -> "ClientCredentialsSettings":
+        values = auth_values(params)
+        REDACT.add(values["key"], values["private_key"], values["auth_code"])
+        return cls(values["cloud"], client_id=values["id"], tenant_id=values["token"], client_secret=values["key"],
+                   thumbprint=values["thumbprint"], private_key=values["private_key"])
+
+    @property
+    def uses_certificate(self) -> bool:
+        return bool(self.thumbprint and self.private_key)
+
+    def identity(self) -> tuple[str, ...]:
+        return (self.client_id, self.tenant_id, _digest(self.client_secret), self.thumbprint,
+                _digest(self.private_key))
+
+
+class AuthorizationCodeSettings(ClientCredentialsSettings):
+    """A self-deployed Entra app acting for the user who signed in once (then refresh tokens)."""
+
+    __slots__ = ()
+    flow = FLOW_AUTH_CODE
+
+    @classmethod
     def from_params(cls, params: dict) -> "AuthorizationCodeSettings":
         values = auth_values(params)
-        return cls(**ClientCredentialsSettings.credential_values(params), redirect_uri=values["redirect_uri"],
-                   auth_code=values["auth_code"])
-
-    uses_certificate = ClientCredentialsSettings.uses_certificate
-    identity = ClientCredentialsSettings.identity
+        return super().from_params(params)._replace(redirect_uri=values["redirect_uri"], auth_code=values["auth_code"])
 
 
 class ManagedIdentitySettings(NamedTuple):
