@@ -1474,7 +1474,8 @@ def parse_iso_datetime(text: str) -> datetime:
     """Parses Microsoft's timestamps, which carry up to 7 fractional digits, into aware UTC datetimes."""
     text = text.strip().replace(" ", "T", 1) if re.match(r"^\d{4}-\d\d-\d\d \d", text.strip()) else text.strip()
     text = re.sub(r"[Zz]$", "+00:00", text)
-    text = re.sub(r"(\.\d{6})\d+", r"\1", text)
+    # Python 3.10's fromisoformat takes exactly 3 or 6 fractional digits; Microsoft sends 1 to 7
+    text = re.sub(r"(:\d\d)\.(\d+)", lambda m: f"{m[1]}.{m[2][:6]:0<6}", text)
     parsed = datetime.fromisoformat(text)
     return parsed.replace(tzinfo=timezone.utc) if parsed.tzinfo is None else parsed.astimezone(timezone.utc)
 

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import datetime as dt
 from urllib.parse import parse_qs, urlparse
 
 import pytest
@@ -217,6 +218,17 @@ def test_odata_builder_combines_clauses():
     assert built == ("id in ('a', 'b''c') and status eq 'New' and "
                      "(startswith(computerDnsName,'web') or startswith(computerDnsName,'db')) and "
                      "alertCreationTime ge 2024-05-01T10:00:00.123456Z and ((id eq 'x') or (status in ('A', 'B')))")
+
+
+@pytest.mark.parametrize(("text", "microseconds"), [
+    ("2024-05-01T10:00:00Z", 0), ("2024-05-01T10:00:00.1Z", 100_000), ("2024-05-01T10:00:00.12Z", 120_000),
+    ("2024-05-01T10:00:00.1234Z", 123_400), ("2024-05-01T10:00:00.12345+00:00", 123_450),
+    ("2024-05-01T10:00:00.123456Z", 123_456), ("2024-05-01T10:00:00.1234567Z", 123_456),
+    ("2024-05-01 10:00:00.5", 500_000)])
+def test_microsoft_timestamps_parse_with_any_number_of_fractional_digits(text, microseconds):
+    """Microsoft sends 0 to 7 fractional digits; Python 3.10's fromisoformat alone takes only 3 or 6."""
+    parsed = mde.parse_iso_datetime(text)
+    assert parsed == dt.datetime(2024, 5, 1, 10, 0, 0, microseconds, tzinfo=dt.timezone.utc)
 
 
 def test_odata_builder_rejects_unsupported_fields():
