@@ -314,10 +314,20 @@ def _digest(text: str) -> str:
     return hashlib.sha256(text.encode()).hexdigest()[:16]
 
 
+def repr_without_secrets(settings: Any) -> str:
+    """A settings record as repr shows it, with each secret field only said to be set: a record that ends up in
+    a log line or a traceback must not carry its credential along."""
+    shown = (f"{name}=<set>" if name in settings.SECRET_FIELDS and value else f"{name}={value!r}"
+             for name, value in settings._asdict().items())
+    return f"{type(settings).__name__}({', '.join(shown)})"
+
+
 class XsoarAppSettings(NamedTuple):
     """The Cortex XSOAR app: ID, Token and Key come from the consent page, not from Entra."""
 
     flow = FLOW_XSOAR_APP
+    SECRET_FIELDS = ("consent_token", "encryption_key")
+    __repr__ = repr_without_secrets
     cloud: Cloud
     registration_id: str
     consent_token: str
@@ -340,6 +350,8 @@ class ClientCredentialsSettings(NamedTuple):
     flow's two fields are here too (empty in this flow) because a NamedTuple's subclass cannot add fields."""
 
     flow = FLOW_CLIENT_CREDENTIALS
+    SECRET_FIELDS = ("client_secret", "private_key", "auth_code")
+    __repr__ = repr_without_secrets
     cloud: Cloud
     client_id: str
     tenant_id: str

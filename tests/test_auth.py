@@ -468,6 +468,22 @@ def test_unexpected_exception_becomes_an_error_entry_without_secrets(xsoar, requ
     assert_no_secret(run, CLIENT_SECRET)
 
 
+@pytest.mark.parametrize("settings, secrets", [
+    (mde.XsoarAppSettings(mde.CLOUDS["Worldwide"], "app-id", "consent-token-1", "encryption-key-1"),
+     ["consent-token-1", "encryption-key-1"]),
+    (mde.ClientCredentialsSettings(mde.CLOUDS["Worldwide"], "client-id", "tenant-id", "client-secret-1",
+                                   private_key="-----BEGIN PRIVATE KEY-----x"), ["client-secret-1", "PRIVATE KEY"]),
+    (mde.AuthorizationCodeSettings(mde.CLOUDS["Worldwide"], "client-id", "tenant-id", "client-secret-1",
+                                   redirect_uri="https://localhost/cb", auth_code="auth-code-1"),
+     ["client-secret-1", "auth-code-1"]),
+])
+def test_settings_records_do_not_show_their_secrets(settings, secrets):
+    shown = repr(settings)
+    assert [secret for secret in secrets if secret in shown] == []
+    assert "client-id" in shown or "app-id" in shown  # what identifies the app is still there
+    assert shown.count("=<set>") == len(secrets)
+
+
 @pytest.mark.parametrize("endpoint_type, login, api_base, scope", CLOUD_CASES)
 def test_every_flow_uses_the_clouds_hosts(xsoar, requests_mock, endpoint_type, login, api_base, scope):
     """Managed identity asks for the cloud's API resource, oproxy tokens reach the cloud's API host, and
