@@ -8,7 +8,6 @@ yml (`script: '-'`, the detailed description moved to its own file), the script,
 
 from __future__ import annotations
 
-import argparse
 import json
 import struct
 import sys
@@ -18,7 +17,7 @@ from pathlib import Path
 import yaml
 
 from xsoar_local.docs import IMPLICIT_COMMANDS, _cell, table
-from xsoar_local.package import DEFAULT_YML, PackageError, checked_script
+from xsoar_local.package import checked_script, print_built, tool_parser
 from xsoar_local.yml import Command, Integration, load_integration
 
 PACK_NAME = "MicrosoftDefenderForEndpoint"
@@ -182,18 +181,9 @@ def build_pack(yml_path: Path, out_dir: Path) -> Path:
 
 
 def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xsoar_local.pack",
-                                     description="Write the integration as an XSOAR content pack folder.")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory; the pack goes to DIR/Packs/")
-    parser.add_argument("--integration", default=DEFAULT_YML, metavar="YML",
-                        help=f"integration yml, with its .py beside it (default: {DEFAULT_YML})")
-    options = parser.parse_args(argv)
-    try:
-        print(build_pack(Path(options.integration), Path(options.out)))
-    except (PackageError, ValueError) as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
-    return 0
+    options = tool_parser("python -m xsoar_local.pack", "Write the integration as an XSOAR content pack folder.",
+                          "output directory; the pack goes to DIR/Packs/").parse_args(argv)
+    return print_built(lambda: build_pack(Path(options.integration), Path(options.out)))
 
 
 if __name__ == "__main__":

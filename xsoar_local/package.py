@@ -11,6 +11,7 @@ import argparse
 import ast
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 import yaml
@@ -93,21 +94,32 @@ def build(yml_path: Path, out_dir: Path, docker_image: str | None = None) -> Pat
     return target
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m xsoar_local.package",
-                                     description="Write the unified integration yml to upload to XSOAR.")
-    parser.add_argument("--out", required=True, metavar="DIR", help="output directory, e.g. dist")
+def tool_parser(prog: str, description: str, out_help: str) -> argparse.ArgumentParser:
+    """The options every packaging tool shares: where to write, and which integration."""
+    parser = argparse.ArgumentParser(prog=prog, description=description)
+    parser.add_argument("--out", required=True, metavar="DIR", help=out_help)
     parser.add_argument("--integration", default=DEFAULT_YML, metavar="YML",
                         help=f"integration yml, with its .py beside it (default: {DEFAULT_YML})")
-    parser.add_argument("--docker-image", default=None,
-                        help="image the integration runs in; it must carry msal (default: the yml's dockerimage)")
-    options = parser.parse_args(argv)
+    return parser
+
+
+def print_built(build_it: Callable[[], Path]) -> int:
+    """Prints what a packaging tool wrote, or its error in one line; the exit code."""
     try:
-        print(build(Path(options.integration), Path(options.out), options.docker_image))
+        print(build_it())
     except (PackageError, ValueError) as e:
         print(f"error: {e}", file=sys.stderr)
         return 1
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = tool_parser("python -m xsoar_local.package", "Write the unified integration yml to upload to XSOAR.",
+                         "output directory, e.g. dist")
+    parser.add_argument("--docker-image", default=None,
+                        help="image the integration runs in; it must carry msal (default: the yml's dockerimage)")
+    options = parser.parse_args(argv)
+    return print_built(lambda: build(Path(options.integration), Path(options.out), options.docker_image))
 
 
 if __name__ == "__main__":
