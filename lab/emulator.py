@@ -19,6 +19,19 @@ import requests
 READY_TIMEOUT = 60.0
 
 
+def wait_until_ready(process: subprocess.Popen, ready_file: Path, timeout: float = READY_TIMEOUT) -> dict[str, Any]:
+    """The ready file's contents, once the emulator process has written it (it listens by then). This waits for
+    a process to start, not for time to pass, so it polls the file system."""
+    deadline = time.monotonic() + timeout
+    while not ready_file.exists():
+        if process.poll() is not None:
+            raise RuntimeError(f"the emulator exited with {process.returncode}")
+        if time.monotonic() > deadline:
+            raise RuntimeError(f"the emulator did not start within {timeout:.0f}s")
+        time.sleep(0.05)
+    return json.loads(ready_file.read_text())
+
+
 class Emulator:
     """`with Emulator(machines=2000) as emu:` starts `python -m mde_emulator` on a free port and waits
     until it has written its ready file (base URLs, CA bundle, generated test credentials)."""
@@ -42,15 +55,11 @@ class Emulator:
         log = open(self.workdir / "emulator.log", "wb")  # noqa: SIM115 - closed with the process
         self.process = subprocess.Popen([sys.executable, "-m", "mde_emulator", *self.args], stdout=log,
                                         stderr=subprocess.STDOUT, env=clean_env())
-        deadline = time.monotonic() + READY_TIMEOUT
-        while not self.ready_file.exists():
-            if self.process.poll() is not None:
-                raise RuntimeError(f"the emulator exited with {self.process.returncode}; see {log.name}")
-            if time.monotonic() > deadline:
-                self.stop()
-                raise RuntimeError(f"the emulator did not start within {READY_TIMEOUT:.0f}s; see {log.name}")
-            time.sleep(0.05)
-        self.ready = json.loads(self.ready_file.read_text())
+        try:
+            self.ready = wait_until_ready(self.process, self.ready_file)
+        except RuntimeError as exc:
+            self.stop()
+            raise RuntimeError(f"{exc}; see {log.name}") from None
         return self
 
     def stop(self) -> None:

@@ -6,7 +6,6 @@ from __future__ import annotations
 import base64
 import datetime as dt
 import io
-import json
 import os
 import signal
 import stat
@@ -23,6 +22,7 @@ import pytest
 import requests
 from cryptography.hazmat.primitives.ciphers.aead import AESGCM
 
+from lab.emulator import wait_until_ready
 from mde_emulator import server as emulator_server
 from mde_emulator.admin import AlertStream
 from mde_emulator.api_actions import PACKAGE_LINK_LIFETIME
@@ -760,12 +760,11 @@ def test_command_line_ready_file_and_clean_shutdown(tmp_path):
                              "--alerts", "10", "--ready-file", str(ready), "--state-dir", str(state)],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
-        deadline = time.monotonic() + 30
-        while not ready.exists() and time.monotonic() < deadline and proc.poll() is None:
-            time.sleep(0.05)
-        assert ready.exists(), proc.stderr.read() if proc.poll() is not None else "no ready file"
+        try:
+            info = wait_until_ready(proc, ready)
+        except RuntimeError as exc:
+            pytest.fail(f"{exc}: {proc.stderr.read() if proc.poll() is not None else ''}")
         assert stat.S_IMODE(ready.stat().st_mode) == 0o600
-        info = json.loads(ready.read_text())
         assert set(info) == {"base_url", "api_url", "graph_url", "login_url", "oproxy_url", "imds_url", "admin_url",
                              "ca_bundle", "pid", "tenant_id", "clients", "oproxy", "managed_identity"}
         assert info["pid"] == proc.pid and info["ca_bundle"] == str((state / "ca.pem").resolve())
